@@ -228,6 +228,7 @@ class CPU:
                 self._reload_pdptes(self._cr3)
             self._pge = bool(value)
             self._flush(include_global=True)
+            self.flush_global += 1
 
     @property
     def efer_nxe(self) -> bool:

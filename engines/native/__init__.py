@@ -13,6 +13,8 @@ from engines.api import ABI, BootInfo, CostTable, DomainSpec, Engine, GuestPageF
 from engines.hw import PAGE_SHIFT, PageFault
 
 MIB = 1 << 20
+OPTIONS: dict[str, tuple] = {}   # bare hardware has no engine options
+DEFAULTS: dict[str, object] = {}
 
 
 class NativeEngine(Engine):

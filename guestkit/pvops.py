@@ -1,0 +1,141 @@
+"""The paravirt-ops seam of the guest kernel: every MMU operation the kernel makes goes
+through one backend object, as Linux's `pv_mmu_ops` (arch/x86/include/asm/paravirt_types.h)
+separates the native operations from Xen's (arch/x86/xen/mmu_pv.c).
+
+This module holds the interface (`MMUOps`) and the **native backend** (`NativeMMU`), used on
+bare hardware (ABI.NATIVE: entries hold physical frames) and on the shadow engine
+(ABI.TRANSLATED: entries hold pseudo-physical frames; the engine traps what it must). The
+Xen-PV backend lives in `guestkit.pvops_xen`.
+
+Addresses: a page-table entry is named by the kernel virtual address of the entry (`ptep`,
+in the direct map); a pgd by the guest-physical address of its PDPT (`pgd_pa`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from engines.api import ABI, BootInfo, Engine
+
+ADDR_MASK = ((1 << 52) - 1) & ~0xFFF
+PTE_RW = 0x2
+
+
+class MMUOps(Protocol):
+    """What the kernel asks of its MMU backend. `mm` is a guestkit.mm.MM (or None for
+    init_mm work at boot); `vcpu` is the VCPU doing the work and paying for it."""
+
+    name: str
+    lazy_tlb: bool            # idle VCPUs keep the last mm loaded
+    global_pages: bool        # kernel mappings may set G
+    exit_switches_to_init_mm: bool   # switch to swapper_pg_dir before tearing an mm down
+    superpages: bool          # may the direct map use 2 MiB pages
+    shared_kernel_pmd: bool   # one kernel L2 for every pgd (else a private copy per pgd)
+    pgd_whole_page: bool      # a pgd takes a whole page (else a 32-byte slab object)
+
+    def make_entry(self, pfn: int, flags: int) -> int: ...
+    def entry_pfn(self, entry: int) -> int: ...
+    def set_pte(self, vcpu: int, mm, va: int, ptep: int, val: int) -> None: ...
+    def set_pmd(self, vcpu: int, mm, pmdp: int, val: int) -> None: ...
+    def set_pdpte(self, vcpu: int, mm, pdptep: int, val: int) -> None: ...
+    def ptep_set_wrprotect(self, vcpu: int, mm, va: int, ptep: int) -> None: ...
+    def write_cr3(self, vcpu: int, pgd_pa: int) -> None: ...
+    def flush_tlb(self, vcpu: int) -> None: ...
+    def flush_tlb_global(self, vcpu: int) -> None: ...
+    def invlpg(self, vcpu: int, va: int) -> None: ...
+    def flush_tlb_others(self, vcpu: int, targets: list[int], mm, va: int | None,
+                         handler: Callable[[int, object, int | None], None]) -> None: ...
+    def alloc_pt(self, vcpu: int, mm, pfn: int, level: int) -> None: ...
+    def release_pt(self, vcpu: int, mm, pfn: int, level: int) -> None: ...
+    def pgd_ready(self, vcpu: int, mm) -> None: ...
+    def activate_mm(self, vcpu: int, mm) -> None: ...
+    def exit_mmap(self, vcpu: int, mm) -> None: ...
+    def lazy_mmu(self, vcpu: int, on: bool) -> None: ...
+    def start_secondary(self, bsp: int, ap: int, pgd_pa: int, features: dict) -> None: ...
+
+
+class NativeMMU:
+    """Direct stores to page tables, privileged instructions for CR3 and flushes."""
+
+    name = "native"
+    pgd_whole_page = False
+    lazy_tlb = True                    # idle VCPUs keep the last mm loaded (enter_lazy_tlb)
+    global_pages = True                # kernel mappings may set G
+    exit_switches_to_init_mm = False   # (XenLinux's _arch_exit_mmap does)
+
+    def __init__(self, engine: Engine, boot: BootInfo):
+        assert boot.abi in (ABI.NATIVE, ABI.TRANSLATED), boot.abi
+        self.engine = engine
+        self.superpages = boot.superpages
+        self.shared_kernel_pmd = boot.shared_kernel_pmd
+        self._cr3 = [0] * boot.vcpus
+
+    # entries name (pseudo-)physical frames directly
+    def make_entry(self, pfn: int, flags: int) -> int:
+        return (pfn << 12) | flags
+
+    def entry_pfn(self, entry: int) -> int:
+        return (entry & ADDR_MASK) >> 12
+
+    def set_pte(self, vcpu, mm, va, ptep, val):
+        self.engine.write(vcpu, ptep, val)
+
+    def set_pmd(self, vcpu, mm, pmdp, val):
+        self.engine.write(vcpu, pmdp, val)
+
+    def set_pdpte(self, vcpu, mm, pdptep, val):
+        self.engine.write(vcpu, pdptep, val)
+
+    def ptep_set_wrprotect(self, vcpu, mm, va, ptep):
+        e = self.engine
+        e.write(vcpu, ptep, e.read(vcpu, ptep) & ~PTE_RW)
+
+    def write_cr3(self, vcpu, pgd_pa):
+        self._cr3[vcpu] = pgd_pa
+        self.engine.write_cr3(vcpu, pgd_pa)
+
+    def flush_tlb(self, vcpu):
+        # __flush_tlb(): reload CR3 with its own value (the K8 flush filter may keep it)
+        self.engine.write_cr3(vcpu, self._cr3[vcpu])
+
+    def flush_tlb_global(self, vcpu):
+        # __flush_tlb_all() with PGE: toggle CR4.PGE off and on
+        self.engine.set_control(vcpu, pge=False)
+        self.engine.set_control(vcpu, pge=True)
+
+    def invlpg(self, vcpu, va):
+        self.engine.invlpg(vcpu, va)
+
+    def flush_tlb_others(self, vcpu, targets, mm, va, handler):
+        for t in targets:
+            self.engine.ipi(vcpu, t)
+            handler(t, mm, va)
+
+    def alloc_pt(self, vcpu, mm, pfn, level):
+        pass
+
+    def release_pt(self, vcpu, mm, pfn, level):
+        pass
+
+    def pgd_ready(self, vcpu, mm):
+        pass
+
+    def activate_mm(self, vcpu, mm):
+        pass
+
+    def exit_mmap(self, vcpu, mm):
+        pass
+
+    def lazy_mmu(self, vcpu, on):
+        pass
+
+    def start_secondary(self, bsp, ap, pgd_pa, features):
+        """INIT-SIPI-SIPI; the AP runs the trampoline, enables PAE paging on the low
+        identity map of swapper_pg_dir and jumps to PAGE_OFFSET (head.S startup_32_smp)."""
+        e = self.engine
+        for _ in range(3):
+            e.ipi(bsp, ap)
+        e.advance_to(ap, e.clock(bsp))
+        e.set_control(ap, pge=features["pge"], nxe=features["nxe"])
+        self._cr3[ap] = pgd_pa
+        e.write_cr3(ap, pgd_pa)
+        e.set_control(ap, pg=True, wp=True)

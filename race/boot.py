@@ -1,0 +1,185 @@
+"""One boot of the race: build a machine and an engine, a guest from a profile and a
+milestone tracker, run the guest, and stream what happens. Plain, deterministic Python (no
+Ray): the runner calls `run_boot` in a Ray task or in-process and gets the same events.
+
+Events (dicts, JSON-ready, no wall-clock time):
+    {"type": "milestone", "cell", "milestone", "index", "vcpu", "cycles", "counters"}
+    {"type": "result", "cell", "status": "ok"|"dnf", "reason", "milestones", "cycles",
+     "counters", "cycle_breakdown", "gauges", "readback"}
+A guest panic, a domain crashed by the hypervisor, a failed audit (engine invariants or
+the guest's data ledger) or a milestone not reached is a "dnf" result with its reason. An
+exception escaping `run_boot` is a harness bug.
+
+Audits run at every milestone and at the end: the engine's `audit()` and the guest's
+ledger audit, both outside the race's accounting (`Engine.unaccounted`).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from engines.api import (AuditFailure, CostTableError, DomainSpec, EngineError, GuestCrash,
+                         list_cost_tables, load_cost_table)
+from guestkit import Guest, GuestPanic, list_profiles, load_profile
+from guestkit.errors import ProfileError
+from milestones import LadderError, Tracker, list_ladders, load_ladder
+
+__all__ = ["BootCell", "ENGINES", "engine_class", "list_cost_tables", "list_ladders",
+           "list_profiles", "run_boot"]
+
+# engine name -> (module, class); an engine joins the race the day its module lands
+_ENGINE_CLASSES = {"native": ("engines.native", "NativeEngine"),
+                   "paravirt": ("engines.paravirt", "PVEngine"),
+                   "shadow": ("engines.shadow", "ShadowEngine")}
+
+
+def _available() -> dict[str, Any]:
+    found = {}
+    for name, (modname, clsname) in _ENGINE_CLASSES.items():
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:
+                continue
+            raise
+        if hasattr(module, clsname):
+            found[name] = module
+    return found
+
+
+ENGINES: dict[str, Any] = _available()
+
+
+def engine_class(name: str):
+    if name not in ENGINES:
+        raise ValueError(f"engine {name!r} not available (choices: {', '.join(ENGINES)})")
+    return getattr(ENGINES[name], _ENGINE_CLASSES[name][1])
+
+
+@dataclass(frozen=True)
+class BootCell:
+    """One cell of a race matrix: everything that determines a boot."""
+    engine: str
+    options: tuple[tuple[str, Any], ...] = ()
+    profile: str = "sarge"
+    vcpus: int = 2
+    memory_mib: int = 512
+    machine_memory_mib: int | None = None
+    flush_filter: bool = False
+    seed: int = 0
+    costs: str = "p4-xeon-2005"
+    cost_overrides: tuple[tuple[str, int], ...] = ()
+    ladder: str = "default"
+
+    def key(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.options)
+        over = ",".join(f"{k}={v}" for k, v in self.cost_overrides)
+        parts = [self.engine + (f"[{opts}]" if opts else ""), self.profile,
+                 f"v{self.vcpus}", f"m{self.memory_mib}"]
+        if self.machine_memory_mib is not None:
+            parts.append(f"mm{self.machine_memory_mib}")
+        if self.flush_filter:
+            parts.append("ff")
+        parts.append(self.costs + (f"[{over}]" if over else ""))
+        if self.ladder != "default":
+            parts.append(f"ladder={self.ladder}")
+        parts.append(f"s{self.seed}")
+        return "/".join(parts)
+
+
+def _options(cell: BootCell) -> dict[str, Any]:
+    module = ENGINES[cell.engine]
+    opts = dict(getattr(module, "DEFAULTS", {}))
+    allowed = getattr(module, "OPTIONS", {})
+    for k, v in cell.options:
+        if k not in allowed:
+            raise ValueError(f"engine {cell.engine!r} has no option {k!r} "
+                             f"(options: {', '.join(allowed) or 'none'})")
+        opts[k] = v
+    return opts
+
+
+def build(cell: BootCell):
+    """The engine, profile and ladder of a cell (bad names raise ValueError subclasses)."""
+    cls = engine_class(cell.engine)
+    costs = load_cost_table(cell.costs, dict(cell.cost_overrides))
+    profile = load_profile(cell.profile)
+    ladder = load_ladder(cell.ladder)
+    spec = DomainSpec(vcpus=cell.vcpus, memory_mib=cell.memory_mib,
+                      machine_memory_mib=cell.machine_memory_mib,
+                      flush_filter=cell.flush_filter, seed=cell.seed, options=_options(cell))
+    return cls(spec, costs), profile, ladder
+
+
+def _stamp_event(key: str, stamp) -> dict:
+    return {"type": "milestone", "cell": key, "milestone": stamp.milestone,
+            "index": stamp.index, "vcpu": stamp.vcpu, "cycles": stamp.cycles,
+            "counters": dict(stamp.counters)}
+
+
+def run_boot(cell: BootCell, sabotage: frozenset[str] = frozenset()) -> Iterator[dict]:
+    """Boot one cell; yield milestone events as they are reached, then the result."""
+    key = cell.key()
+    engine, profile, ladder = build(cell)
+    guest: Guest | None = None
+    pending: list = []
+
+    def snapshot() -> dict:
+        out = engine.counters()
+        if guest is not None:
+            out.update({f"guest.{k}": v for k, v in sorted(guest.kernel.stats.items())})
+        return out
+
+    tracker = Tracker(ladder, engine.clock, snapshot, on_stamp=pending.append)
+    guest = Guest(engine, profile, cell.seed, emit=tracker, sabotage=sabotage)
+    stamps: list[dict] = []
+    reason = None
+    try:
+        guest.start()
+        while True:
+            for stamp in pending:
+                _audit(engine, guest, f"at {stamp.milestone}")
+                stamps.append(_stamp_event(key, stamp))
+                yield stamps[-1]
+            pending.clear()
+            if tracker.done or guest.quiescent():
+                break
+            guest.run(lambda: bool(pending))
+        if tracker.violations:
+            reason = "milestone order: " + tracker.violations[0]
+        elif not tracker.done:
+            reason = f"stopped before {tracker.next_milestone}: every task asleep or gone"
+        else:
+            guest.run(lambda: False)                    # let the boot settle
+            _audit(engine, guest, "at the end")
+    except (GuestPanic, GuestCrash, AuditFailure) as e:
+        reason = f"{type(e).__name__}: {e}"
+    yield _result(key, engine, guest, stamps, reason)
+
+
+def _audit(engine, guest: Guest, when: str) -> None:
+    problems = [f"engine: {p}" for p in engine.audit()]
+    problems += [f"ledger: {p}" for p in guest.audit()]
+    if problems:
+        raise AuditFailure([f"{when}: {p}" for p in problems])
+
+
+def _result(key: str, engine, guest: Guest, stamps: list[dict], reason: str | None) -> dict:
+    k = guest.kernel
+    counters = engine.counters()
+    counters.update({f"guest.{n}": v for n, v in sorted(k.stats.items())})
+    gauges = {"pt_pages_live": k.stats["pt_pages_allocated"] - k.stats["pt_pages_freed"],
+              "guest_pages_peak": k.alloc.peak_used if k.alloc else 0,
+              "tasks_live": len(k.tasks)}
+    gauges.update(engine.gauges())
+    return {"type": "result", "cell": key, "status": "dnf" if reason else "ok",
+            "reason": reason, "milestones": stamps,
+            "cycles": max(engine.clock(v) for v in range(engine.spec.vcpus)),
+            "counters": counters, "cycle_breakdown": engine.cycle_breakdown(),
+            "gauges": gauges,
+            "readback": {"digest": guest.readback_digest(), "reads": k.readback_count}}
+
+
+# errors a bad cell gives (for the CLI / spec validation)
+CELL_ERRORS = (ValueError, CostTableError, ProfileError, LadderError, EngineError)
