@@ -14,3 +14,9 @@ __all__ = ["ABI", "AuditFailure", "BootInfo", "DomainSpec", "Engine", "EngineErr
            "GuestCrash", "GuestPageFault", "CostTable", "CostTableError", "load_cost_table",
            "list_cost_tables", "A_FETCH", "A_USER", "A_WRITE", "Access", "PageFlag",
            "PAGE_SIZE"]
+
+# The Xen PV ABI (hypercall numbers, MMU_*/MMUEXT_* commands, records): `engines.api.xen`.
+from . import xen  # noqa: E402
+from .xen import __all__ as _xen_names  # noqa: E402
+from .xen import *  # noqa: E402,F401,F403
+__all__ += ["xen"] + list(_xen_names)

@@ -1,0 +1,12 @@
+"""Xen-style paravirtualised PAE (Xen 3.0.3): the page-type system, validation, the MMU
+hypercalls, writable page tables, the hypervisor area with its linear maps, and the four
+kernel-L2 strategies of the seed post, as one `Engine` (reference/xen-pv.md).
+
+Modules: `frames` (count_info/type_info, flush clock), `validate` (per-level checks,
+mod_lN_entry), `xenarea` (Xen's slots, linear maps, strategies), `builder` (domain builder),
+`hypercalls`, `ptwr`, `audit`, `engine` (PVEngine). `OPTIONS`/`DEFAULTS` describe
+`DomainSpec.options` for race spec validation.
+"""
+from .engine import DEFAULTS, OPTIONS, PVEngine
+
+__all__ = ["PVEngine", "OPTIONS", "DEFAULTS"]
