@@ -56,4 +56,4 @@ class Guest:
         return audit_ledger(self.kernel)
 
     def readback_digest(self) -> str:
-        return self.kernel.readback.hexdigest()
+        return f"{self.kernel.readback:032x}"

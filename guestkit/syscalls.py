@@ -13,7 +13,7 @@ from .errors import GuestPanic
 from .layout import TASK_SIZE
 from .mm import VMA
 from .sched import ZOMBIE, DEAD
-from .tokens import data_token, file_token
+from .tokens import READBACK_MASK, data_token, file_token, read_hash
 
 DATA_WORD = 8          # the ledger word of each page; word 0 of a file page is its token
 
@@ -167,7 +167,7 @@ class SyscallsMixin:
             raise GuestPanic(f"data ledger: {task.place} (pid {task.pid}, mm {task.mm.id}) "
                              f"read va {va:#010x} on vcpu {v}: expected {want:#018x}, "
                              f"found {found:#018x}")
-        self.readback.update(f"{task.place}:{va:#x}:{found:#x};".encode())
+        self.readback = (self.readback + read_hash(task.place, va, found)) & READBACK_MASK
         self.readback_count += 1
 
     def sys_brk(self, v, task, pages):

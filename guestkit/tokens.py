@@ -17,3 +17,12 @@ def file_token(file: str, index: int) -> int:
 def data_token(place: str, va: int, generation: int) -> int:
     """What the process at `place` writes at `va` on its `generation`-th write there."""
     return _h(f"data:{place}:{va:#x}:{generation}")
+
+
+READBACK_MASK = (1 << 128) - 1
+
+
+def read_hash(place: str, va: int, value: int) -> int:
+    """Hash of one read-back (place, address, value), summed into the boot's digest."""
+    return int.from_bytes(hashlib.blake2b(f"{place}:{va:#x}:{value:#x}".encode(),
+                                          digest_size=16).digest(), "little")

@@ -48,9 +48,12 @@ class GuestPageFault(EngineError):
     """A page fault reflected to the guest kernel's handler (CR2 + error code)."""
 
     def __init__(self, va: int, error_code: int):
-        super().__init__(f"guest #PF at va {va:#010x}, error code {error_code:#x}")
+        super().__init__(va, error_code)
         self.va = va
         self.error_code = error_code
+
+    def __str__(self) -> str:
+        return f"guest #PF at va {self.va:#010x}, error code {self.error_code:#x}"
 
 
 class GuestCrash(EngineError):

@@ -127,7 +127,13 @@ class PageFault(HwError):
     """#PF with the faulting linear address (CR2) and the architectural error code."""
 
     def __init__(self, vaddr: int, error_code: int, detail: str = ""):
+        # the message is built only when shown: page faults are frequent and mostly caught
+        super().__init__(vaddr, error_code)
         self.vaddr = vaddr
         self.error_code = error_code
-        msg = f"#PF at va {vaddr:#010x}, error code {error_code:#x} ({PFEC(error_code)!r})"
-        super().__init__(f"{msg}: {detail}" if detail else msg)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        msg = (f"#PF at va {self.vaddr:#010x}, error code {self.error_code:#x} "
+               f"({PFEC(self.error_code)!r})")
+        return f"{msg}: {self.detail}" if self.detail else msg

@@ -27,8 +27,8 @@ Modelling choices (documented, deterministic):
   (pae.md §2). EFER.NXE changes do not architecturally flush, but entries cached under the
   other NXE regime may now have reserved bits, so the model drops them.
 - **K8 TLB flush filter** (off by default, as Linux and Xen set HWCR.FFDIS; costs.md §1).
-  While on, every fill registers the 64-byte lines of the PDE and PTE it was loaded from
-  with `PhysicalMemory.watch`. A software store to any watched line disarms the filter.
+  While on, every fill registers the 64-byte lines of the PDPTE, PDE and PTE it was loaded
+  from with `PhysicalMemory.watch`. A software store to any watched line disarms the filter.
   A `load_cr3` while armed keeps every cached translation (`filter_kept`); while disarmed it
   flushes the non-global entries and re-arms. Entries are tagged with the root (the PDPT
   address) they were loaded under, so after a switch they serve only that root again;
@@ -473,6 +473,9 @@ class CPU:
                 self.ad_writes += 1
         entry = (0, self._ok[rights], self._pge and bool(leaf & F_G), rights)
         if self._filter:
+            # every entry the translation came through, the PDPTE included: a later edit of
+            # any of them must not be hidden by a kept entry
+            self._watch((self._cr3 & 0xFFFFFFE0) + 8 * (vaddr >> 30))
             self._watch(leaf_pa)
             if pde_pa >= 0:
                 self._watch(pde_pa)
