@@ -1,0 +1,172 @@
+"""`pae-race`: the command line.
+
+    pae-race run [SPEC] [--executor ray|serial] [--address ADDR] [--out DIR]
+                 [--format terminal|markdown|json] [--resume]
+    pae-race report RESULTS [--baseline OTHER] [--fail-on MILESTONE:+N%] [--format ...]
+
+SPEC is a packaged spec's name (`default`, `quick`) or a path. Progress goes to stderr,
+the dashboard to stdout (and to $GITHUB_STEP_SUMMARY as markdown when set). Exit status:
+0 done, 1 a boot broke (harness or infrastructure) or a --fail-on regression, 2 a mistake
+in the spec or the command line, 130 interrupted (resume with --resume).
+
+Other subcommands (`boot`, `list`) come from `race.bootcmd.register(subparsers)`; a
+subcommand sets `func(args) -> exit status` as its default.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .compare import FailOn
+from .report import FORMATS, build, render, write_step_summary
+from .results import ResultsError, ResultStore, load_results
+from .spec import SpecError, list_specs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return 2
+    return args.func(args) or 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pae-race", description="Race Xen PV-PAE, shadow "
+                                "paging and bare hardware to a multiuser boot.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run a race and print its dashboard")
+    run.add_argument("spec", nargs="?", default="default", metavar="SPEC",
+                     help=f"packaged spec ({', '.join(list_specs())}) or a YAML path "
+                          f"(default: default)")
+    run.add_argument("--executor", choices=("ray", "serial"), default=None,
+                     help="ray (default; parallel, embedded or a cluster) or serial "
+                          "(one process, no Ray: identical records)")
+    run.add_argument("--address", default=None,
+                     help="attach to a Ray cluster (host:port, or 'auto'); default: "
+                          "$RAY_ADDRESS, else an embedded Ray on 127.0.0.1")
+    run.add_argument("--cpus", type=int, default=None,
+                     help="CPUs of the embedded Ray (default: all)")
+    run.add_argument("--out", default="results", help="results root (default: results/)")
+    run.add_argument("--format", choices=FORMATS, default="terminal")
+    run.add_argument("--resume", action="store_true",
+                     help="finish the newest interrupted race of this spec under --out")
+    run.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="print the dashboard of a finished race")
+    rep.add_argument("results", metavar="RESULTS",
+                     help="a race folder, or a results root (its newest race)")
+    rep.add_argument("--baseline", metavar="OTHER", help="compare with this race (asv-style)")
+    rep.add_argument("--fail-on", action="append", default=[], metavar="MILESTONE:+N%",
+                     help="exit 1 on a significant slow-down beyond N%% at MILESTONE (or * "
+                          "for any) against --baseline; repeatable")
+    rep.add_argument("--format", choices=FORMATS, default="terminal")
+    rep.add_argument("--plot", metavar="FILE", help="also write the timeline (.svg or .png)")
+    rep.set_defaults(func=cmd_report)
+    try:
+        from race import bootcmd
+    except ModuleNotFoundError as e:
+        if e.name != "race.bootcmd":
+            raise
+    else:
+        bootcmd.register(sub)
+    return p
+
+
+def _fail(lines: list[str], status: int = 2) -> int:
+    for line in lines:
+        print(f"pae-race: {line}", file=sys.stderr)
+    return status
+
+
+def cmd_run(args) -> int:
+    from .progress import make_progress
+    from .runner import make_executor, run_race
+    from .spec import Catalog, load_spec
+    executor_kind = args.executor or "ray"
+    if args.address and executor_kind == "serial":
+        return _fail([f"--address {args.address}: value needs --executor ray "
+                      f"(choices for --executor with --address: ray)"])
+    try:
+        catalog = Catalog.installed()
+    except ModuleNotFoundError as e:
+        return _fail([f"the race needs {e.name}, which is not installed"], 1)
+    try:
+        race = load_spec(args.spec, catalog)
+    except SpecError as e:
+        return _fail(e.lines)
+    t0 = time.perf_counter()
+    with make_executor(executor_kind, args.address, args.cpus) as ex:
+        shape = ex.shape()
+        try:
+            store = (ResultStore.resume(args.out, race, shape) if args.resume
+                     else ResultStore.create(args.out, race, shape, catalog))
+        except ResultsError as e:
+            return _fail([str(e)])
+        progress = make_progress(quiet=args.quiet)
+        try:
+            run_race(race, ex, store, progress, catalog.run_boot)
+        except KeyboardInterrupt:
+            store.log_timing({"race_elapsed_s": round(time.perf_counter() - t0, 3),
+                              "executor": shape["executor"], "interrupted": True})
+            return 130
+        store.log_timing({"race_elapsed_s": round(time.perf_counter() - t0, 3),
+                          "executor": shape["executor"]})
+    results = load_results(store.dir)
+    _timeline(results, store.dir / "timeline.svg", quiet=True)
+    _publish(results, args.format)
+    broken = sum(1 for r in results.records if r["status"] == "broken")
+    return 1 if broken else 0
+
+
+def cmd_report(args) -> int:
+    try:
+        rules = [FailOn.parse(f) for f in args.fail_on]
+    except ValueError as e:
+        return _fail([str(e)])
+    if rules and not args.baseline:
+        return _fail([f"--fail-on {args.fail_on[0]}: needs --baseline OTHER"])
+    try:
+        results = load_results(args.results)
+        baseline = load_results(args.baseline) if args.baseline else None
+    except ResultsError as e:
+        return _fail([str(e)])
+    known = set()
+    for r in (results.records + (baseline.records if baseline else [])):
+        known.update(s["milestone"] for s in r.get("milestones", []))
+    bad = [f"--fail-on {rule.milestone}: value {rule.milestone!r} is not a milestone of "
+           f"these races (choices: *, {', '.join(sorted(known))})"
+           for rule in rules if rule.milestone != "*" and rule.milestone not in known]
+    if bad:
+        return _fail(bad)
+    if args.plot:
+        _timeline(results, Path(args.plot), quiet=False)
+    doc = _publish(results, args.format, baseline, rules)
+    failed = doc.get("comparison", {}).get("failures", [])
+    return 1 if failed else 0
+
+
+def _publish(results, fmt: str, baseline=None, rules=None) -> dict:
+    doc = build(results, baseline, rules)
+    sys.stdout.write(render(doc, fmt))
+    sys.stdout.flush()
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        write_step_summary(render(doc, "markdown"))
+    return doc
+
+
+def _timeline(results, path: Path, quiet: bool) -> None:
+    from .plot import PlotUnavailable, write_timeline
+    try:
+        write_timeline(results, path)
+    except PlotUnavailable as e:
+        if not quiet:
+            print(f"pae-race: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

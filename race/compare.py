@@ -1,0 +1,112 @@
+"""Comparison with a baseline race, as asv compares benchmarks (reference/ray.md §4).
+
+Jobs are matched by name, seeds by number. A change is *significant* when every shared seed
+moves the same way (the simulation is exact, so a lone seed's change is real too); asv's
+marks: `+` slower, `-` faster, blank unchanged, `~` before the ratio when not significant,
+`x` incomparable, `!` reached on the baseline but not now (REGR.). `--fail-on
+multiuser:+5%` turns a significant slow-down beyond 5% (or a REGR.) into exit status 1.
+"""
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass
+
+from .board import Board, Job
+
+MARK_FACTOR = 0.01       # ratios within 1% are shown unmarked
+
+
+@dataclass(frozen=True)
+class FailOn:
+    milestone: str       # or "*" for every milestone
+    threshold: float     # 0.05 for +5%
+
+    @classmethod
+    def parse(cls, text: str) -> "FailOn":
+        m = re.fullmatch(r"\s*([\w*.-]+)\s*:\s*\+?(\d+(?:\.\d+)?)\s*%\s*", text)
+        if not m:
+            raise ValueError(f"--fail-on: value {text!r} is not MILESTONE:+N% "
+                             f"(e.g. multiuser:+5%, or *:+5% for every milestone)")
+        return cls(m.group(1), float(m.group(2)) / 100)
+
+
+def _by_seed(board: Board, job: Job, milestone: str) -> dict[int, float | None]:
+    out = {}
+    for k, rec in job.records.items():
+        out[rec["config"]["seed"]] = board.stamp(k, milestone)
+    return out
+
+
+def compare(base: Board, new: Board) -> list[dict]:
+    ladder = list(dict.fromkeys(new.ladder + base.ladder))
+    rows = []
+    for name, job in new.jobs.items():
+        bjob = base.jobs.get(name)
+        for m in ladder:
+            rows.append(_row(base, new, bjob, job, m))
+    return rows
+
+
+def _row(base: Board, new: Board, bjob: Job | None, job: Job, m: str) -> dict:
+    row = {"job": job.name, "milestone": m, "before": None, "after": None, "ratio": None,
+           "significant": False, "mark": "x", "note": ""}
+    after = _by_seed(new, job, m)
+    a_vals = [v for v in after.values() if v is not None]
+    row["after"] = statistics.median(a_vals) if a_vals else None
+    if bjob is None:
+        row["note"] = "baseline untested"
+        return row
+    before = _by_seed(base, bjob, m)
+    b_vals = [v for v in before.values() if v is not None]
+    row["before"] = statistics.median(b_vals) if b_vals else None
+    if not b_vals and not a_vals:
+        row["note"] = "like baseline (never reached)" if before else "never reached"
+        return row
+    if b_vals and len(a_vals) < len(after):
+        row.update(mark="!", note="REGR." if not a_vals else
+                   f"REGR. flaky (reached in {len(a_vals)}/{len(after)} seeds)")
+        return row
+    if not b_vals:
+        row["note"] = "reached now, not on the baseline"
+        return row
+    row["ratio"] = row["after"] / row["before"] if row["before"] else None
+    pairs = [(before[s], after[s]) for s in after
+             if s in before and before[s] is not None and after[s] is not None]
+    signs = {(a > b) - (a < b) for b, a in pairs}
+    row["significant"] = bool(pairs) and len(signs) == 1 and 0 not in signs
+    if len(b_vals) < len(before):
+        row["note"] = f"baseline flaky (reached in {len(b_vals)}/{len(before)} seeds)"
+    r = row["ratio"]
+    if r is None or abs(r - 1) < MARK_FACTOR:
+        row["mark"] = ""
+    elif row["significant"]:
+        row["mark"] = "+" if r > 1 else "-"
+    else:
+        row["mark"] = "~"
+    return row
+
+
+def verdict(rows: list[dict]) -> str:
+    worse = any(r["mark"] in ("+", "!") for r in rows)
+    better = any(r["mark"] == "-" for r in rows)
+    if worse:
+        return "SOME MILESTONES HAVE CHANGED SIGNIFICANTLY. PERFORMANCE DECREASED."
+    if better:
+        return "SOME MILESTONES HAVE CHANGED SIGNIFICANTLY. PERFORMANCE INCREASED."
+    return "MILESTONES NOT SIGNIFICANTLY CHANGED."
+
+
+def failures(rows: list[dict], rules: list[FailOn]) -> list[str]:
+    out = []
+    for rule in rules:
+        for r in rows:
+            if rule.milestone not in ("*", r["milestone"]):
+                continue
+            if r["mark"] == "!":
+                out.append(f"{r['job']} {r['milestone']}: {r['note']} vs baseline "
+                           f"(--fail-on {rule.milestone}:+{rule.threshold:.0%})")
+            elif r["significant"] and r["ratio"] and r["ratio"] - 1 > rule.threshold:
+                out.append(f"{r['job']} {r['milestone']}: {r['ratio'] - 1:+.1%} slower "
+                           f"(--fail-on {rule.milestone}:+{rule.threshold:.1%})")
+    return out

@@ -1,0 +1,340 @@
+"""Dashboards of a race, in the conventions its readers know (reference/ray.md §4):
+
+  header      race id, commit, engines, matrix, seeds, cluster, and a one-line verdict
+  leaderboard per milestone, each job's simulated time (median over seeds, ±half range),
+              the winner among the hypervisors, its margin, and bare hardware beside them
+  grid        osstest's results grid: jobs x milestones, time reached (@t) and step (+d),
+              or fail / blocked / broken / queued; retried boots counted per job
+  costs       at multiuser per job: cycles by category, counters, gauges; and a
+              systemd-analyze "blame" of the costliest phases
+  comparison  asv-style against a baseline race, with --fail-on thresholds
+  footnotes   how it ran: executor, nodes x CPUs, retries, wall vs simulated time
+
+`build()` computes one JSON-able document; `render()` prints it with tabulate as terminal
+text or GitHub markdown; `--format json` prints the document itself.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+from typing import Any
+
+from tabulate import tabulate
+
+from .board import REFERENCE_ENGINE, Board
+from .compare import FailOn, compare, failures, verdict as compare_verdict
+from .progress import fmt_time
+from .results import Results
+
+FORMATS = ("terminal", "markdown", "json")
+# counters shown in the cost tables (all of them are in --format json): hypercalls, traps,
+# bounces, emulated writes, hidden and true faults, TLB misses and flushes, validation...
+KEY_COUNTERS = re.compile(r"hypercall|trap|bounce|emulat|^sh_|fault|tlb_miss|flush|invlpg|"
+                          r"cr3|ipi|valid|unshadow|resync|ptwr|pin|^pf_|walks")
+
+
+# -- the document ------------------------------------------------------------------------
+def build(results: Results, baseline: Results | None = None,
+          fail_on: list[FailOn] | None = None) -> dict:
+    b = Board(results)
+    doc: dict[str, Any] = {"race_id": b.manifest.get("race_id"), "unit_us": b.has_mhz()}
+    doc["leaderboard"] = [{"point": b.point_name(p), "rows": _leader_rows(b, p)}
+                          for p in b.points]
+    doc["grid"] = _grid(b)
+    doc["costs"] = [_costs(b, p) for p in b.points]
+    doc["blame"] = b.blame()
+    doc["header"] = _header(b)
+    doc["verdict"] = _verdict(b, doc)
+    if baseline is not None:
+        rows = compare(Board(baseline), b)
+        doc["comparison"] = {"baseline": baseline.manifest.get("race_id"), "rows": rows,
+                             "verdict": compare_verdict(rows),
+                             "failures": failures(rows, fail_on or [])}
+    doc["footnotes"] = _footnotes(b)
+    return doc
+
+
+def _leader_rows(b: Board, point: tuple) -> list[dict]:
+    rows = []
+    for m in b.ladder:
+        jobs = {}
+        for j in b.jobs_at(point):
+            st = b.stat(j, m)
+            jobs[j.label] = {"median_us": st.median, "spread": st.spread,
+                             "reached": len(st.values), "seeds": st.planned,
+                             "eligible": j.eligible}
+        row = b.race_at(point, m)
+        for k in ("winner", "runner_up", "reference"):       # within a point, labels suffice
+            row[k] = b.jobs[row[k]].label if row[k] else None
+        rows.append({**row, "jobs": jobs})
+    return rows
+
+
+def _grid(b: Board) -> dict:
+    jobs = []
+    for j in b.jobs.values():
+        counts = collections.Counter(r["status"] for r in j.records.values())
+        jobs.append({"job": j.name, "cells": [b.grid_cell(j, i) for i in range(len(b.ladder))],
+                     "boots": dict(counts), "seeds": len(j.keys), "retried": b.retried(j)})
+    return {"milestones": b.ladder, "jobs": jobs}
+
+
+def _costs(b: Board, point: tuple) -> dict:
+    jobs = b.jobs_at(point)
+    rows = []
+    for section, prefix in (("cycle_breakdown", "cycles: "), ("counters", ""),
+                            ("gauges", "")):
+        per_job = {j.label: b.final_values(j, section) for j in jobs}
+        names = sorted({n for v in per_job.values() for n in v},
+                       key=lambda n: (-max(v.get(n, 0) for v in per_job.values()), n)
+                       if section == "cycle_breakdown" else n)
+        for n in names:
+            vals = {lbl: v.get(n) for lbl, v in per_job.items()}
+            if section != "cycle_breakdown" and not any(vals.values()):
+                continue
+            rows.append({"name": prefix + n, "kind": section, "values": vals,
+                         "key": section != "counters" or bool(KEY_COUNTERS.search(n))})
+    return {"point": b.point_name(point), "jobs": [j.label for j in jobs], "rows": rows}
+
+
+def _header(b: Board) -> dict:
+    m = b.manifest
+    axes: dict[str, list] = {}
+    for c in m.get("cells", []):
+        for a in ("profile", "vcpus", "memory_mib", "machine_memory_mib", "flush_filter",
+                  "costs"):
+            axes.setdefault(a, [])
+            if c["config"].get(a) not in axes[a]:
+                axes[a].append(c["config"].get(a))
+    counts = collections.Counter(r["status"] for r in b.records.values())
+    return {"race": m.get("race_id"), "spec": m.get("spec", {}).get("name"),
+            "commit": m.get("package", {}).get("commit"),
+            "version": m.get("package", {}).get("version"),
+            "engines": list(dict.fromkeys(c["label"] for c in m.get("cells", []))),
+            "matrix": axes, "seeds": m.get("seeds"), "cluster": m.get("cluster", {}),
+            "status": m.get("status"), "boots": len(m.get("cells", [])),
+            "counts": dict(counts), "notes": m.get("notes", [])}
+
+
+def _verdict(b: Board, doc: dict) -> str:
+    wins, total, parts = collections.Counter(), 0, []
+    for section in doc["leaderboard"]:
+        for row in section["rows"]:
+            total += 1
+            if row["winner"]:
+                wins[row["winner"]] += 1
+        last = section["rows"][-1] if section["rows"] else None
+        if last and last["winner"]:
+            where = "" if section["point"] == "all" else f" {section['point']}"
+            margin = f", +{last['margin']:.1%} over {last['runner_up']}" \
+                if last["margin"] is not None else ""
+            ref = f", {last['vs_reference']:+.1%} vs {last['reference']}" \
+                if last["vs_reference"] is not None else ""
+            parts.append(f"{last['milestone']}{where}: {last['winner']}{margin}{ref}")
+    h = doc["header"]
+    c = h["counts"]
+    lead = (f"{wins.most_common(1)[0][0]} wins {wins.most_common(1)[0][1]}/{total} milestones"
+            if wins else "no job finished every seed")
+    retried = sum(j["retried"] for j in doc["grid"]["jobs"])
+    tail = (f"{c.get('ok', 0)} ok, {c.get('dnf', 0)} DNF, {c.get('broken', 0)} broken, "
+            f"{retried} retried")
+    missing = h["boots"] - sum(c.values())
+    if missing:
+        tail += f", {missing} not run ({h['status']})"
+    return f"race {h['race']}: {lead}; " + "; ".join(parts + [tail])
+
+
+def _footnotes(b: Board) -> list[str]:
+    m, notes = b.manifest, []
+    shape = m.get("cluster", {})
+    walls = [t["wall_s"] for t in b.results.timings if "wall_s" in t]
+    race_runs = [t for t in b.results.timings if "race_elapsed_s" in t]
+    how = (f"ran on {shape.get('executor', '?')}: {shape.get('nodes', '?')} node(s), "
+           f"CPUs {'+'.join(map(str, shape.get('cpus', [])))}")
+    if shape.get("ray"):
+        how += f", Ray {shape['ray']}"
+    notes.append(how + f", Python {m.get('python')}")
+    if walls:
+        line = (f"wall time: {sum(walls):.1f} s of boots ({sum(walls) / len(walls):.2f} s "
+                f"per boot)")
+        if race_runs:
+            elapsed = sum(r["race_elapsed_s"] for r in race_runs)
+            cpus = sum(shape.get("cpus", [1])) or 1
+            line += (f" in {elapsed:.1f} s elapsed; boots kept {sum(walls) / elapsed / cpus:.0%}"
+                     f" of {cpus} CPU(s) busy")
+        notes.append(line)
+    lost = sum(1 for t in b.results.timings if t.get("lost"))
+    retried = sum(1 for t in b.results.timings if t.get("retried"))
+    if lost or retried:
+        notes.append(f"infrastructure: {retried} boot(s) retried after a lost worker/node "
+                     f"(a replay: boots are deterministic), {lost} lost after all retries")
+    unit = "cycles / the cost table's MHz" if b.has_mhz() else "cycles (no MHz known)"
+    notes.append(f"simulated time = {unit}; median over seeds ±half their range; "
+                 f"† = a seed did not finish ok (not eligible to win); (n/m) = reached in "
+                 f"n of m seeds")
+    return notes
+
+
+# -- rendering ---------------------------------------------------------------------------
+def render(doc: dict, fmt: str = "terminal") -> str:
+    if fmt == "json":
+        return json.dumps(doc, indent=1, sort_keys=True, default=str)
+    md = fmt == "markdown"
+    tf = "github" if md else "simple"
+    out: list[str] = []
+
+    def head(text: str, level: int = 2) -> None:
+        out.append(("#" * (level + 1) + " " + text) if md else
+                   f"\n{text}\n{('=' if level == 1 else '-') * len(text)}")
+
+    h = doc["header"]
+    head(f"Race {h['race']}", 1)
+    out.append(("**" + doc["verdict"] + "**") if md else doc["verdict"])
+    out.append("")
+    out.append(tabulate(_header_rows(h), tablefmt=tf if md else "plain",
+                        headers=("", "") if md else ()))
+    unit_of = doc["unit_us"]
+    for section in doc["leaderboard"]:
+        title = "Leaderboard" + ("" if section["point"] == "all" else f" — {section['point']}")
+        head(title + " (simulated time, median ±spread over seeds)")
+        out.append(_leader_table(section, unit_of, tf, md))
+    head("Grid (jobs × milestones: @time +step, or fail / blocked / broken)")
+    out.append(_grid_table(doc["grid"], unit_of, tf))
+    for section in doc["costs"]:
+        title = "Cost at multiuser" + ("" if section["point"] == "all"
+                                       else f" — {section['point']}")
+        head(title + " (median over seeds that finished; every counter in --format json)")
+        out.append(_cost_table(section, tf, md))
+    head("Blame (costliest phases)")
+    out.append(tabulate([[i + 1, _num(r["us"], unit_of),
+                          f"{r['share']:.0%}" if r["share"] else "", r["job"],
+                          f"{r['from']} → {r['phase']}"] for i, r in enumerate(doc["blame"])],
+                        headers=["#", "time", "of boot", "job", "phase"], tablefmt=tf))
+    if "comparison" in doc:
+        out += _comparison(doc["comparison"], unit_of, tf, md, head)
+    head("How it ran")
+    out += [f"- {n}" for n in doc["footnotes"]]
+    return "\n".join(out).strip() + "\n"
+
+
+def _header_rows(h: dict) -> list[list[str]]:
+    shape = h["cluster"]
+    matrix = ", ".join(f"{a}: {'/'.join(map(_word, v))}" for a, v in h["matrix"].items())
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(h["counts"].items()))
+    return [["race", f"{h['race']} (spec {h['spec']}, {h['status']})"],
+            ["commit", f"{h['commit']} (pae-race {h['version']})"],
+            ["engines", ", ".join(h["engines"])], ["matrix", matrix],
+            ["seeds", ", ".join(map(str, h["seeds"] or []))],
+            ["cluster", f"{shape.get('executor')} · {shape.get('nodes')} node(s) × "
+                        f"{'+'.join(map(str, shape.get('cpus', [])))} CPUs"],
+            ["boots", f"{h['boots']} planned: {counts or 'none recorded'}"]] + \
+        [["skipped", n] for n in h["notes"]]
+
+
+def _word(v: Any) -> str:
+    return "default" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _num(us: float | None, unit_us: bool) -> str:
+    if us is None:
+        return "-"
+    return fmt_time(us).replace(" ", "") if unit_us else f"{us / 1e6:.3g}Mc"
+
+
+def _col(label: str, md: bool) -> str:
+    return label if md else label.replace("(", "\n(", 1)
+
+
+def _leader_table(section: dict, unit, tf: str, md: bool) -> str:
+    labels = list(section["rows"][0]["jobs"]) if section["rows"] else []
+    rows = []
+    for r in section["rows"]:
+        cells = []
+        for lbl in labels:
+            j = r["jobs"][lbl]
+            if not j["reached"]:
+                cells.append("DNF" if j["seeds"] else "-")
+                continue
+            s = _num(j["median_us"], unit)
+            if j["spread"] is not None:
+                s += f" ±{j['spread']:.1%}"
+            if j["reached"] < j["seeds"]:
+                s += f" ({j['reached']}/{j['seeds']})"
+            elif not j["eligible"]:
+                s += " †"
+            cells.append(s)
+        win = r["winner"] or "no finisher"
+        margin = (f"+{r['margin']:.1%}" if r["margin"] is not None else
+                  ("uncontested" if r["winner"] else ""))
+        vs = f"{r['vs_reference']:+.1%}" if r["vs_reference"] is not None else ""
+        rows.append([r["milestone"], *cells, win, margin, vs])
+    headers = ["milestone", *[_col(lbl, md) for lbl in labels], "winner",
+               "margin" if md else "margin\n(vs 2nd)", f"vs {REFERENCE_ENGINE}" if md else f"winner\nvs {REFERENCE_ENGINE}"]
+    return tabulate(rows, headers=headers, tablefmt=tf, disable_numparse=True)
+
+
+def _grid_table(grid: dict, unit, tf: str) -> str:
+    rows = []
+    for j in grid["jobs"]:
+        cells = []
+        for c in j["cells"]:
+            if c["reached"] == c["seeds"]:
+                cells.append(f"@{_num(c['at_us'], unit)} +{_num(c['step_us'], unit)}")
+                continue
+            words = collections.Counter(c["words"])
+            text = " ".join(w if n == c["seeds"] else f"{w} {n}/{c['seeds']}"
+                            for w, n in words.items())
+            if c["reached"]:
+                text = f"@{_num(c['at_us'], unit)} ({c['reached']}/{c['seeds']}) " + text
+            cells.append(text)
+        boots = ", ".join(f"{k} {v}" for k, v in sorted(j["boots"].items())) or "queued"
+        if j["retried"]:
+            boots += f", retried {j['retried']}"
+        rows.append([j["job"], *cells, boots])
+    return tabulate(rows, headers=["job", *grid["milestones"], "boots"], tablefmt=tf,
+                    disable_numparse=True)
+
+
+def _fmt_count(v: Any, kind: str) -> str:
+    if v is None:
+        return "-"
+    if kind == "cycle_breakdown":
+        return f"{v / 1e6:,.2f}M"
+    return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+
+
+def _cost_table(section: dict, tf: str, md: bool) -> str:
+    rows = [[r["name"], *[_fmt_count(r["values"].get(lbl), r["kind"]) for lbl in
+                          section["jobs"]]] for r in section["rows"] if r["key"]]
+    return tabulate(rows, headers=["", *[_col(lbl, md) for lbl in section["jobs"]]],
+                    tablefmt=tf, disable_numparse=True, colalign=("left",) + ("right",) *
+                    len(section["jobs"]))
+
+
+def _comparison(cmp: dict, unit, tf: str, md: bool, head) -> list[str]:
+    out = []
+    head(f"Compared with {cmp['baseline']}")
+    out.append(cmp["verdict"])
+    rows = [[r["mark"], _num(r["before"], unit), _num(r["after"], unit),
+             ("" if r["ratio"] is None else ("" if r["significant"] or r["mark"] == "" else "~")
+              + f"{r['ratio']:.3f}"), r["job"], r["milestone"], r["note"]]
+            for r in cmp["rows"] if r["mark"] or r["note"]]
+    if rows:
+        out.append(tabulate(rows, headers=["change", "before", "after",
+                                           "ratio", "job", "milestone", "note"],
+                            tablefmt=tf, disable_numparse=True))
+    else:
+        out.append(f"({len(cmp['rows'])} job milestones compared: none changed by 1% or more)")
+    for f in cmp["failures"]:
+        out.append(f"FAIL: {f}")
+    return out
+
+
+def write_step_summary(markdown: str) -> None:
+    """Append the markdown dashboard to GitHub's job summary when running there."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(markdown + "\n")

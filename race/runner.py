@@ -1,0 +1,258 @@
+"""Running a race: every boot cell through one function, serially or on Ray.
+
+`drive(run_boot, cell)` is a boot as the race sees it, the same in every executor: a
+`start` event (where it runs), the boot's milestone events, and one final result carrying
+how it ran (`run`: wall seconds, node, pid) beside the simulated record. An exception out of
+`run_boot` is a harness bug, turned here into a `broken` result, so serial and Ray runs give
+byte-identical records.
+
+On Ray there is one streaming task per boot (Ray 2.60 streaming generator; no task per
+milestone); the driver multiplexes the streams with `ray.wait`. A lost worker or node is
+retried by Ray (`max_retries`): the boot is deterministic, so the replay yields the same
+events and Ray drops those already delivered. Only when the retries run out is the boot
+`broken` ("lost"). Rankings use the simulated cycles in the events, never arrival order.
+See ../shared/reference/ray.md for the measurements behind every setting below.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from .results import ResultStore, make_record
+
+MAX_RETRIES = 3
+OBJECT_STORE_BYTES = 128 * 2**20        # events are tiny; 100 MB was plenty when measured
+SHIPPED_PACKAGES = ("engines", "guestkit", "milestones", "race")
+
+
+def drive(run_boot: Callable, cell: Any, node: str = "local") -> Iterator[dict]:
+    key = cell.key()
+    where = {"node": node, "pid": os.getpid()}
+    t0 = time.perf_counter()
+    yield {"type": "start", "cell": key, "run": where}
+    final, stamps = None, []
+    try:
+        for ev in run_boot(cell):
+            if ev.get("type") == "result":
+                final = ev
+                break
+            stamps.append({k: v for k, v in ev.items() if k not in ("type", "cell")})
+            yield ev
+    except Exception as e:  # noqa: BLE001 -- a harness bug is reported, not raised
+        final = broken_result(key, _describe(e), stamps)
+    if final is None:
+        final = broken_result(key, "run_boot ended without a result", stamps)
+    yield {**final, "run": {**where, "wall_s": round(time.perf_counter() - t0, 6)}}
+
+
+def broken_result(key: str, reason: str, stamps: list | None = None) -> dict:
+    return {"type": "result", "cell": key, "status": "broken", "reason": reason,
+            "milestones": list(stamps or []), "cycles": None, "counters": {},
+            "cycle_breakdown": {}, "gauges": {}}
+
+
+def _describe(e: BaseException) -> str:
+    frames = traceback.extract_tb(e.__traceback__)
+    at = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" \
+        if frames else ""
+    return f"harness: {type(e).__name__}: {e}{at}"
+
+
+# -- executors ---------------------------------------------------------------------------
+class SerialExecutor:
+    """The race in this process, in plan order: for tests, debugging and profiling."""
+    name = "serial"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def shape(self) -> dict:
+        return {"executor": "serial", "nodes": 1, "cpus": [1], "ray": None}
+
+    def run(self, run_boot: Callable, cells: Iterable) -> Iterator[tuple[str, Any]]:
+        for cell in cells:
+            for ev in drive(run_boot, cell):
+                yield "event", ev
+
+
+class RayExecutor:
+    """One streaming task per boot on an embedded Ray (address None/"local"), or on an
+    existing cluster (`address` or RAY_ADDRESS; "auto" finds a local `ray start`)."""
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 max_retries: int = MAX_RETRIES):
+        self.address = address if address is not None else os.environ.get("RAY_ADDRESS")
+        self.num_cpus, self.max_retries = num_cpus, max_retries
+        self.owned, self.tmp, self.saved_env = False, None, {}
+
+    def __enter__(self):
+        import ray
+        if not ray.is_initialized():
+            self._connect(ray)
+            self.owned = True
+        return self
+
+    def __exit__(self, *exc):
+        import ray
+        if self.owned:
+            ray.shutdown()
+            for k, v in self.saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            if "RAY_AUTH_MODE" in self.saved_env:
+                _refresh_auth_config()
+            if self.tmp:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+    def _setenv(self, key: str, value: str) -> None:
+        self.saved_env.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+    def _connect(self, ray) -> None:
+        if "RAY_USAGE_STATS_ENABLED" not in os.environ:
+            self._setenv("RAY_USAGE_STATS_ENABLED", "0")
+        if self.address in (None, "", "local"):
+            self._start_local(ray)
+            return
+        from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+        runtime_env = None
+        if RAY_JOB_CONFIG_JSON_ENV_VAR not in os.environ:   # a job ships its working dir
+            import importlib
+            mods = []
+            for name in SHIPPED_PACKAGES:
+                try:
+                    mods.append(importlib.import_module(name))
+                except ModuleNotFoundError:
+                    pass
+            runtime_env = {"py_modules": mods, "excludes": ["__pycache__", "*.pyc"]}
+        ray.init(address=self.address, log_to_driver=False, runtime_env=runtime_env,
+                 logging_level=logging.WARNING)
+
+    def _start_local(self, ray) -> None:
+        """Embedded Ray: 127.0.0.1 only, no dashboard, quiet, small object store, its own
+        temp dir; token auth on with a per-run token unless RAY_AUTH_MODE says otherwise,
+        so ~/.ray/auth_token is not created and a later `ray start` is not switched to
+        token mode behind the user's back (reference/ray.md, pitfall 1)."""
+        self.tmp = tempfile.mkdtemp(prefix="pae-race-ray-")
+        if "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ:
+            self._setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if "RAY_AUTH_MODE" not in os.environ:
+            token = Path(self.tmp) / "auth_token"
+            token.write_text(secrets.token_hex(32))
+            token.chmod(0o600)
+            self._setenv("RAY_AUTH_TOKEN_PATH", str(token))
+            self._setenv("RAY_AUTH_MODE", "token")
+            _refresh_auth_config()
+        ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count(),
+                 include_dashboard=False, log_to_driver=False,
+                 object_store_memory=OBJECT_STORE_BYTES, _temp_dir=self.tmp,
+                 logging_level=logging.WARNING)
+
+    def shape(self) -> dict:
+        import ray
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return {"executor": "ray", "nodes": len(nodes),
+                "cpus": sorted((int(n["Resources"].get("CPU", 0)) for n in nodes), reverse=True),
+                "ray": ray.__version__, "address": self.address or "local"}
+
+    def run(self, run_boot: Callable, cells: Iterable) -> Iterator[tuple[str, Any]]:
+        import ray
+        task = _remote_boot(ray, self.max_retries)
+        streams = {task.remote(run_boot, cell): cell for cell in cells}
+        pending = list(streams)
+        while pending:
+            ready, _ = ray.wait(pending, num_returns=1, timeout=0.5)
+            if not ready:
+                yield "tick", None
+            for gen in ready:
+                try:
+                    ev = ray.get(next(gen))
+                except StopIteration:
+                    pending.remove(gen)
+                    continue
+                except ray.exceptions.RayError as e:   # retries exhausted: infrastructure
+                    pending.remove(gen)
+                    yield "lost", (streams[gen], e)
+                    continue
+                yield "event", ev
+
+
+def _refresh_auth_config() -> None:
+    """Make this process see the auth settings just put in its environment: Ray reads them
+    once, when it is imported (Ray's own token setup refreshes the same way)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+_REMOTE: dict[int, Any] = {}
+
+
+def _remote_boot(ray, max_retries: int):
+    if max_retries not in _REMOTE:
+        def ray_boot(run_boot, cell):
+            yield from drive(run_boot, cell, node=ray.get_runtime_context().get_node_id())
+        _REMOTE[max_retries] = ray.remote(num_cpus=1, max_retries=max_retries,
+                                          retry_exceptions=False)(ray_boot)
+    return _REMOTE[max_retries]
+
+
+def make_executor(kind: str, address: str | None = None, num_cpus: int | None = None):
+    if kind == "serial":
+        return SerialExecutor()
+    return RayExecutor(address=address, num_cpus=num_cpus)
+
+
+# -- the race loop -----------------------------------------------------------------------
+def run_race(race, executor, store: ResultStore, progress, run_boot: Callable) -> ResultStore:
+    """Run every cell not yet recorded in `store`; each record is journaled as it arrives.
+    Ctrl-C leaves the journal intact and the manifest marked 'interrupted'."""
+    cells = {c.key(): c for c in race.cells}
+    todo = [c for c in race.cells if c.key() not in store.done]
+    first_seen: dict[str, dict] = {}
+    progress.begin(race, store, todo)
+    try:
+        for kind, payload in executor.run(run_boot, todo):
+            if kind == "tick":
+                progress.tick()
+            elif kind == "lost":
+                cell, err = payload
+                rec = make_record(cell, race.labels[cell.key()], broken_result(
+                    cell.key(), f"lost: {type(err).__name__} (retries exhausted)"))
+                store.append(rec, {"cell": cell.key(), "lost": True})
+                progress.finished(rec, {"lost": True})
+            elif payload["type"] == "start":
+                first_seen.setdefault(payload["cell"], payload["run"])
+                progress.started(payload["cell"], payload["run"])
+            elif payload["type"] == "milestone":
+                progress.milestone(payload)
+            else:
+                key = payload["cell"]
+                run = dict(payload["run"])
+                start = first_seen.get(key, run)
+                run["retried"] = (start["node"], start["pid"]) != (run["node"], run["pid"])
+                rec = make_record(cells[key], race.labels[key], payload)
+                store.append(rec, {"cell": key, **run})
+                progress.finished(rec, run)
+    except KeyboardInterrupt:
+        store.finish("interrupted")
+        progress.end(store, interrupted=True)
+        raise
+    store.finish("complete")
+    progress.end(store)
+    return store
+

@@ -1,0 +1,165 @@
+"""The race loop without Ray: records, DNF and broken boots, the journal, resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import write_spec
+from race.progress import PlainProgress
+from race.results import ResultsError, ResultStore, load_results
+from race.runner import SerialExecutor, drive, run_race
+from race.spec import load_spec
+
+SPEC = """\
+name: t
+seeds: [1, 2]
+matrix: {profile: [tiny, buggy], vcpus: [1, 2]}
+engines:
+  - engine: native
+  - engine: paravirt
+    options: {strategy: [shared, walk]}
+"""
+
+
+class Recorder(PlainProgress):
+    """Progress that keeps (what, key) calls and can stop the race after N results."""
+
+    def __init__(self, stop_after=None):
+        super().__init__(open("/dev/null", "w"))
+        self.calls, self.stop_after = [], stop_after
+
+    def started(self, key, run):
+        super().started(key, run)
+        self.calls.append(("start", key))
+
+    def milestone(self, ev):
+        super().milestone(ev)
+        self.calls.append(("milestone", ev["cell"]))
+
+    def finished(self, rec, run):
+        super().finished(rec, run)
+        self.calls.append(("result", rec["cell"]))
+        if self.stop_after and sum(c[0] == "result" for c in self.calls) >= self.stop_after:
+            raise KeyboardInterrupt
+
+
+def race_of(tmp_path, catalog, text=SPEC):
+    return load_spec(str(write_spec(tmp_path, text)), catalog)
+
+
+def run_serial(race, catalog, out, progress=None, resume=False):
+    with SerialExecutor() as ex:
+        store = (ResultStore.resume(out, race, ex.shape()) if resume
+                 else ResultStore.create(out, race, ex.shape(), catalog))
+        run_race(race, ex, store, progress or Recorder(), catalog.run_boot)
+    return store
+
+
+def test_every_cell_gets_one_record_in_plan_order(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    store = run_serial(race, catalog, tmp_path / "out")
+    lines = (store.dir / "records.jsonl").read_text().splitlines()
+    assert [json.loads(x)["cell"] for x in lines] == race.keys()
+    assert store.manifest["status"] == "complete"
+    assert store.manifest["counts"] == {"broken": 6, "dnf": 3, "ok": 15}
+
+
+def test_a_guest_failure_is_a_dnf_record_with_its_reason(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    res = load_results(run_serial(race, catalog, tmp_path / "out").dir)
+    dnf = [r for r in res.records if r["status"] == "dnf"]
+    assert {r["config"]["options"]["strategy"] for r in dnf} == {"shared"}
+    assert all(r["config"]["vcpus"] == 2 for r in dnf)
+    assert all(r["reason"].startswith("audit failed") for r in dnf)
+    assert [s["milestone"] for s in dnf[0]["milestones"]][-1] == "smp_online"
+
+
+def test_an_exception_out_of_run_boot_is_a_broken_record_not_a_crash(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    res = load_results(run_serial(race, catalog, tmp_path / "out").dir)
+    broken = [r for r in res.records if r["status"] == "broken"]
+    assert {r["config"]["seed"] for r in broken} == {2}
+    assert {r["config"]["profile"] for r in broken} == {"buggy"}
+    assert broken[0]["reason"].startswith("harness: RuntimeError: fake harness bug "
+                                          "(at fakeboot.py:")
+    assert broken[0]["reason"].endswith(" in run_boot)")
+    assert [s["milestone"] for s in broken[0]["milestones"]] == ["kernel_entry", "paging_on"]
+
+
+def test_records_carry_no_wall_clock_and_timings_do(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    store = run_serial(race, catalog, tmp_path / "out")
+    for line in (store.dir / "records.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        assert "run" not in rec and "wall_s" not in json.dumps(rec)
+    timings = [json.loads(x) for x in (store.dir / "timings.jsonl").read_text().splitlines()]
+    assert len(timings) == len(race.cells)
+    assert all(t["wall_s"] >= 0 and t["retried"] is False for t in timings)
+
+
+def test_each_milestone_reaches_progress_before_its_boot_ends(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    rec = Recorder()
+    run_serial(race, catalog, tmp_path / "out", rec)
+    key = race.keys()[0]
+    mine = [c[0] for c in rec.calls if c[1] == key]
+    assert mine == ["start"] + ["milestone"] * 7 + ["result"]
+
+
+def test_drive_reports_a_boot_that_yields_no_result_as_broken(catalog):
+    cell = load_spec("quick", catalog).cells[0]
+    events = list(drive(lambda c: iter(()), cell))
+    assert events[-1]["status"] == "broken"
+    assert events[-1]["reason"] == "run_boot ended without a result"
+
+
+def test_resume_after_ctrl_c_finishes_with_the_same_records(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    whole = run_serial(race, catalog, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run_serial(race, catalog, tmp_path / "out", Recorder(stop_after=5))
+    first = load_results(tmp_path / "out")
+    assert first.manifest["status"] == "interrupted" and len(first.records) == 5
+    rec = Recorder()
+    store = run_serial(race, catalog, tmp_path / "out", rec, resume=True)
+    ran = [c[1] for c in rec.calls if c[0] == "result"]
+    finished_first = [r["cell"] for r in first.records if r["status"] in ("ok", "dnf")]
+    assert not set(ran) & set(finished_first)
+    assert len(ran) == len(race.cells) - len(finished_first)
+    assert (store.dir / "records.jsonl").read_bytes() == \
+        (whole.dir / "records.jsonl").read_bytes()
+    assert store.manifest["resumed"][0]["skipped"] == len(finished_first)
+
+
+def test_resume_runs_broken_boots_again(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    run_serial(race, catalog, tmp_path / "out")
+    rec = Recorder()
+    run_serial(race, catalog, tmp_path / "out", rec, resume=True)
+    again = {c[1] for c in rec.calls if c[0] == "result"}
+    assert again == {k for k in race.keys() if "/buggy/" in k and k.endswith("/s2")}
+
+
+def test_a_record_cut_short_by_a_crash_is_dropped_and_run_again(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    store = run_serial(race, catalog, tmp_path / "out")
+    path = store.dir / "records.jsonl"
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 40])  # last line torn
+    rec = Recorder()
+    store = run_serial(race, catalog, tmp_path / "out", rec, resume=True)
+    assert race.keys()[-1] in {c[1] for c in rec.calls if c[0] == "result"}
+    assert [json.loads(x)["cell"] for x in path.read_text().splitlines()] == race.keys()
+
+
+def test_resume_with_nothing_to_resume_is_an_error(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    with pytest.raises(ResultsError, match="no earlier race of spec 't'"):
+        run_serial(race, catalog, tmp_path / "empty", resume=True)
+
+
+def test_a_results_root_opens_its_newest_race(tmp_path, catalog):
+    race = race_of(tmp_path, catalog)
+    store = run_serial(race, catalog, tmp_path / "out")
+    assert load_results(tmp_path / "out").dir.resolve() == store.dir.resolve()
