@@ -63,7 +63,8 @@ def _row(base: Board, new: Board, bjob: Job | None, job: Job, m: str) -> dict:
     if not b_vals and not a_vals:
         row["note"] = "like baseline (never reached)" if before else "never reached"
         return row
-    if b_vals and len(a_vals) < len(after):
+    lost = {s for s, v in after.items() if v is None and before.get(s) is not None}
+    if lost:
         row.update(mark="!", note="REGR." if not a_vals else
                    f"REGR. flaky (reached in {len(a_vals)}/{len(after)} seeds)")
         return row
@@ -75,8 +76,8 @@ def _row(base: Board, new: Board, bjob: Job | None, job: Job, m: str) -> dict:
              if s in before and before[s] is not None and after[s] is not None]
     signs = {(a > b) - (a < b) for b, a in pairs}
     row["significant"] = bool(pairs) and len(signs) == 1 and 0 not in signs
-    if len(b_vals) < len(before):
-        row["note"] = f"baseline flaky (reached in {len(b_vals)}/{len(before)} seeds)"
+    if len(a_vals) < len(after):
+        row["note"] = f"like baseline (reached in {len(a_vals)}/{len(after)} seeds)"
     r = row["ratio"]
     if r is None or abs(r - 1) < MARK_FACTOR:
         row["mark"] = ""

@@ -186,7 +186,7 @@ def render(doc: dict, fmt: str = "terminal") -> str:
     out: list[str] = []
 
     def head(text: str, level: int = 2) -> None:
-        out.append(("#" * (level + 1) + " " + text) if md else
+        out.append(("\n" + "#" * (level + 1) + " " + text + "\n") if md else
                    f"\n{text}\n{('=' if level == 1 else '-') * len(text)}")
 
     h = doc["header"]

@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -97,11 +98,29 @@ class RayExecutor:
         self.owned, self.tmp, self.saved_env = False, None, {}
 
     def __enter__(self):
+        already = sys.modules.get("ray")
+        if already is not None and already.is_initialized():
+            return self                        # a driver connection made by the caller
+        self.owned = True
+        if "RAY_USAGE_STATS_ENABLED" not in os.environ:
+            self._setenv("RAY_USAGE_STATS_ENABLED", "0")
+        if self.local:
+            # Ray reads this when imported; with it, every Ray process binds 127.0.0.1
+            if "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ:
+                self._setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         import ray
-        if not ray.is_initialized():
-            self._connect(ray)
-            self.owned = True
+        from ray._private import ray_constants
+        if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+            ray_constants.ENABLE_RAY_CLUSTER = False     # in case Ray was imported before
+        if self.local:
+            self._start_local(ray)
+        else:
+            self._attach(ray)
         return self
+
+    @property
+    def local(self) -> bool:
+        return self.address in (None, "", "local")
 
     def __exit__(self, *exc):
         import ray
@@ -122,12 +141,7 @@ class RayExecutor:
         self.saved_env.setdefault(key, os.environ.get(key))
         os.environ[key] = value
 
-    def _connect(self, ray) -> None:
-        if "RAY_USAGE_STATS_ENABLED" not in os.environ:
-            self._setenv("RAY_USAGE_STATS_ENABLED", "0")
-        if self.address in (None, "", "local"):
-            self._start_local(ray)
-            return
+    def _attach(self, ray) -> None:
         from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
         runtime_env = None
         if RAY_JOB_CONFIG_JSON_ENV_VAR not in os.environ:   # a job ships its working dir
@@ -148,8 +162,6 @@ class RayExecutor:
         so ~/.ray/auth_token is not created and a later `ray start` is not switched to
         token mode behind the user's back (reference/ray.md, pitfall 1)."""
         self.tmp = tempfile.mkdtemp(prefix="pae-race-ray-")
-        if "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ:
-            self._setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if "RAY_AUTH_MODE" not in os.environ:
             token = Path(self.tmp) / "auth_token"
             token.write_text(secrets.token_hex(32))

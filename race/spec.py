@@ -184,7 +184,7 @@ class _Checker:
             if key not in allowed:
                 self.errors.append(f"{self.filename}:{self.line(path + (key,))}: "
                                    f"{_dotted(path + (key,))}: unknown key (allowed: "
-                                   f"{', '.join(allowed)})")
+                                   f"{', '.join(allowed) or 'none'})")
 
 
 def _show(v: Any) -> str:

@@ -1,0 +1,67 @@
+"""The race on the session's embedded Ray: identical records to a serial run, events
+streamed while boots run, and the embedded instance's settings (reference/ray.md)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import _Session, write_spec
+from race.results import ResultStore
+from race.runner import RayExecutor, SerialExecutor, run_race
+from race.spec import load_spec
+from test_runner_serial import SPEC, Recorder
+
+REAL_SPEC = """\
+name: real
+seeds: [1]
+matrix: {profile: tiny, vcpus: [1, 2], memory_mib: 64}
+engines: [native]
+"""
+
+
+def run(executor, race, catalog, out, progress=None):
+    with executor as ex:
+        store = ResultStore.create(out, race, ex.shape(), catalog)
+        run_race(race, ex, store, progress or Recorder(), catalog.run_boot)
+    return store
+
+
+def test_ray_and_serial_give_byte_identical_records(tmp_path, catalog, ray_local):
+    race = load_spec(str(write_spec(tmp_path, SPEC)), catalog)
+    serial = run(SerialExecutor(), race, catalog, tmp_path / "serial")
+    on_ray = run(RayExecutor(), race, catalog, tmp_path / "ray")
+    assert on_ray.manifest["cluster"]["executor"] == "ray"
+    assert (on_ray.dir / "records.jsonl").read_bytes() == \
+        (serial.dir / "records.jsonl").read_bytes()
+
+
+def test_real_boots_are_byte_identical_on_ray_and_serially(tmp_path, ray_local):
+    pytest.importorskip("race.boot")
+    from race.spec import Catalog
+    catalog = Catalog.installed()
+    race = load_spec(str(write_spec(tmp_path, REAL_SPEC)), catalog)
+    serial = run(SerialExecutor(), race, catalog, tmp_path / "serial")
+    on_ray = run(RayExecutor(), race, catalog, tmp_path / "ray")
+    assert (on_ray.dir / "records.jsonl").read_bytes() == \
+        (serial.dir / "records.jsonl").read_bytes()
+    assert on_ray.manifest["counts"] == {"ok": 2}
+
+
+def test_milestones_stream_in_while_boots_still_run(tmp_path, catalog, ray_local):
+    """Two slow boots on two CPUs: stamps of both arrive before either result."""
+    text = "seeds: [1, 2]\nmatrix: {profile: slow}\nengines: [native]\n"
+    race = load_spec(str(write_spec(tmp_path, text)), catalog)
+    rec = Recorder()
+    run(RayExecutor(), race, catalog, tmp_path / "out", rec)
+    first_result = next(i for i, c in enumerate(rec.calls) if c[0] == "result")
+    before = {c[1] for c in rec.calls[:first_result] if c[0] == "milestone"}
+    assert before == set(race.keys())
+
+
+def test_the_embedded_ray_is_local_only_and_leaves_home_alone(ray_local):
+    nodes = [n for n in ray_local.nodes() if n["Alive"]]
+    assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"]
+    assert _Session.home is not None
+    assert not (_Session.home / ".ray").exists()
+    assert "RAY_AUTH_TOKEN_PATH" in os.environ    # this session's own token, not ~/.ray
