@@ -301,12 +301,22 @@ class Kernel(SyscallsMixin, MoreSyscallsMixin):
 
     # -- timer ------------------------------------------------------------------------------
     def tick(self, v: int) -> None:
+        """Timer interrupts due on `v`; every `kthread_every_ticks` ticks a kernel thread
+        (events/N, kblockd, pdflush...) runs briefly on the borrowed mm: two context
+        switches and no CR3 load (lazy TLB)."""
         now = self.engine.clock(v) // self.tick_cycles
-        n = now - self._last_tick[v]
+        last = self._last_tick[v]
+        n = now - last
         if n > 0:
             self._last_tick[v] = now
             self.engine.charge(v, "timer_tick", n)
             self.stats["timer_ticks"] += n
+            every = self.profile.kernel["kthread_every_ticks"]
+            runs = now // every - last // every if every else 0
+            if runs:
+                self.engine.charge(v, "context_switch", 2 * runs)
+                self.engine.charge_cycles(v, runs * self.profile.kernel["kthread_work"], "kthread")
+                self.stats["kthread_runs"] += runs
 
     # -- the scheduler loop -----------------------------------------------------------------
     def new_task(self, place: str, program, parent: Task | None, mm: MM | None) -> Task:

@@ -27,7 +27,7 @@ SCHEMA: dict[str, Any] = {
     "memory_mib": ("int 16..896", lambda x: isinstance(x, int) and 16 <= x <= 896),
     "kernel": {"hz": ("100 | 250 | 1000", lambda x: x in (100, 250, 1000)), "pge": _BOOL,
                "nx": _BOOL, "kthreads": _INT, "fork_copy": ("all | anon", lambda x: x in ("all", "anon")),
-               "timeslice_ticks": _INT},
+               "timeslice_ticks": _INT, "kthread_every_ticks": _INT, "kthread_work": _INT},
     "boot": {k: _INT for k in ("rcs_scripts", "rc2_scripts", "commands_per_script",
                                "distinct_commands", "subshells_per_script", "hotplug_events",
                                "hotplug_burst", "hotplug_gap_cycles", "modprobe_every",
