@@ -112,10 +112,11 @@ class RayExecutor:
         from ray._private import ray_constants
         if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
             ray_constants.ENABLE_RAY_CLUSTER = False     # in case Ray was imported before
-        if self.local:
-            self._start_local(ray)
-        else:
-            self._attach(ray)
+        try:
+            self._start_local(ray) if self.local else self._attach(ray)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     @property

@@ -1,0 +1,93 @@
+"""The race's executors on this machine: the same small race of real boots run serially (one
+process, no Ray) and on an embedded Ray with 2 workers. Prints the speed-up, and Ray's
+overhead per boot two ways: as lost CPU time in the parallel run ((elapsed x workers - the
+boots' own wall time) / boots), and as the latency of one boot sent alone through Ray
+(round trip - the boot's own wall time). Not a test: it prints figures.
+
+Targets (issue 4, 2-core machine): speed-up >= 1.8x; overhead per boot < 5% of a `tiny`
+boot. The machine is shared, so the load average is printed beside the figures.
+
+    python -m benchmarks.bench_race [--boots N] [--profile tiny|sarge]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+from tabulate import tabulate
+
+from race.progress import NoProgress
+from race.results import ResultStore, load_results
+from race.runner import RayExecutor, SerialExecutor, run_race
+from race.spec import Catalog, parse_spec
+
+
+def spec_text(boots: int, profile: str) -> str:
+    seeds = list(range(1, boots // 2 + 1))
+    return (f"name: bench\nseeds: {seeds}\nmatrix: {{profile: {profile}, vcpus: [1, 2], "
+            f"memory_mib: {64 if profile == 'tiny' else 512}}}\nengines: [native]\n")
+
+
+def timed_race(executor, race, catalog, out: str) -> tuple[float, list[dict]]:
+    store = ResultStore.create(out, race, executor.shape(), catalog)
+    t0 = time.perf_counter()
+    run_race(race, executor, store, NoProgress(), catalog.run_boot)
+    elapsed = time.perf_counter() - t0
+    return elapsed, [t for t in load_results(store.dir).timings if "wall_s" in t]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--boots", type=int, default=16)
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--alone", type=int, default=8, help="boots sent one at a time")
+    args = ap.parse_args()
+    catalog = Catalog.installed()
+    race = parse_spec(spec_text(args.boots, args.profile), "bench.yaml", catalog)
+    n = len(race.cells)
+    out = tempfile.mkdtemp(prefix="bench-race-")
+    load0 = os.getloadavg()[0]
+
+    with SerialExecutor() as ex:
+        t_serial, serial = timed_race(ex, race, catalog, out)
+    boot_wall = statistics.median(t["wall_s"] for t in serial)
+
+    t0 = time.perf_counter()
+    with RayExecutor(num_cpus=2) as ex:
+        t_init = time.perf_counter() - t0
+        warm = parse_spec(spec_text(2, "tiny"), "warm.yaml", catalog)
+        timed_race(ex, warm, catalog, out)                  # start both workers
+        t_ray, on_ray = timed_race(ex, race, catalog, out)
+        alone = []
+        for cell in race.cells[: args.alone]:
+            one = parse_spec(spec_text(2, args.profile), "one.yaml", catalog)
+            one.cells = [cell]
+            t_one, timing = timed_race(ex, one, catalog, out)
+            alone.append(t_one - timing[0]["wall_s"])
+    t_total = time.perf_counter() - t0
+
+    cpu_overhead = (t_ray * 2 - sum(t["wall_s"] for t in on_ray)) / n
+    latency = statistics.median(alone)
+    rows = [
+        ["boots", f"{n} x {args.profile} on native"],
+        ["median boot (serial, in-process)", f"{boot_wall * 1000:.0f} ms"],
+        ["serial race", f"{t_serial:.2f} s"],
+        ["Ray race, 2 workers (warm)", f"{t_ray:.2f} s"],
+        ["speed-up", f"{t_serial / t_ray:.2f}x  (target >= 1.8x)"],
+        ["Ray overhead per boot, CPU lost in the parallel run",
+         f"{cpu_overhead * 1000:.1f} ms = {cpu_overhead / boot_wall:.1%} of a boot"],
+        ["Ray overhead per boot, one boot alone (median)",
+         f"{latency * 1000:.1f} ms = {latency / boot_wall:.1%} of a boot  (target < 5%)"],
+        ["Ray start (ray.init, embedded)", f"{t_init:.1f} s"],
+        ["Ray session in total (start .. shutdown)", f"{t_total:.1f} s"],
+        ["load average before / after", f"{load0:.2f} / {os.getloadavg()[0]:.2f} "
+                                         f"on {os.cpu_count()} CPUs"],
+    ]
+    print(tabulate(rows, tablefmt="simple", headers=["bench_race", ""]))
+
+
+if __name__ == "__main__":
+    main()
