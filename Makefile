@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# the default race (every installed engine on sarge); e.g. `make race RACE_ARGS=quick`
 race: $(STAMP)
-	$(PY) -m benchmarks.bench_hw
+	$(PY) -m race.cli run $(RACE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

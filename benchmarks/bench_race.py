@@ -64,7 +64,7 @@ def main() -> None:
         alone = []
         for cell in race.cells[: args.alone]:
             one = parse_spec(spec_text(2, args.profile), "one.yaml", catalog)
-            one.cells = [cell]
+            one.cells, one.labels = [cell], race.labels
             t_one, timing = timed_race(ex, one, catalog, out)
             alone.append(t_one - timing[0]["wall_s"])
     t_total = time.perf_counter() - t0
