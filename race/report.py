@@ -156,9 +156,10 @@ def _footnotes(b: Board) -> list[str]:
     if shape.get("ray"):
         how += f", Ray {shape['ray']}"
     notes.append(how + f", Python {m.get('python')}")
+    cpu = [t["cpu_s"] for t in b.results.timings if "cpu_s" in t]
     if walls:
         line = (f"wall time: {sum(walls):.1f} s of boots ({sum(walls) / len(walls):.2f} s "
-                f"per boot)")
+                f"per boot" + (f", {sum(cpu) / len(cpu):.2f} s of CPU" if cpu else "") + ")")
         if race_runs:
             elapsed = sum(r["race_elapsed_s"] for r in race_runs)
             cpus = sum(shape.get("cpus", [1])) or 1

@@ -2,7 +2,7 @@
 
 `drive(run_boot, cell)` is a boot as the race sees it, the same in every executor: a
 `start` event (where it runs), the boot's milestone events, and one final result carrying
-how it ran (`run`: wall seconds, node, pid) beside the simulated record. An exception out of
+how it ran (`run`: wall and CPU seconds, node, pid) beside the simulated record. An exception out of
 `run_boot` is a harness bug, turned here into a `broken` result, so serial and Ray runs give
 byte-identical records.
 
@@ -36,7 +36,7 @@ SHIPPED_PACKAGES = ("engines", "guestkit", "milestones", "race")
 def drive(run_boot: Callable, cell: Any, node: str = "local") -> Iterator[dict]:
     key = cell.key()
     where = {"node": node, "pid": os.getpid()}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     yield {"type": "start", "cell": key, "run": where}
     final, stamps = None, []
     try:
@@ -50,7 +50,8 @@ def drive(run_boot: Callable, cell: Any, node: str = "local") -> Iterator[dict]:
         final = broken_result(key, _describe(e), stamps)
     if final is None:
         final = broken_result(key, "run_boot ended without a result", stamps)
-    yield {**final, "run": {**where, "wall_s": round(time.perf_counter() - t0, 6)}}
+    yield {**final, "run": {**where, "wall_s": round(time.perf_counter() - t0, 6),
+                            "cpu_s": round(time.process_time() - c0, 6)}}
 
 
 def broken_result(key: str, reason: str, stamps: list | None = None) -> dict:

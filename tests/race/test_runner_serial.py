@@ -163,3 +163,21 @@ def test_a_results_root_opens_its_newest_race(tmp_path, catalog):
     race = race_of(tmp_path, catalog)
     store = run_serial(race, catalog, tmp_path / "out")
     assert load_results(tmp_path / "out").dir.resolve() == store.dir.resolve()
+
+
+def test_a_boot_lost_after_all_retries_is_broken_and_marked_lost(tmp_path, catalog):
+    """What the Ray executor reports when a worker or node is lost for good."""
+    race = race_of(tmp_path, catalog, "engines: [native]\nmatrix: {profile: tiny}\n")
+
+    class LosesEverything(SerialExecutor):
+        def run(self, run_boot, cells):
+            for cell in cells:
+                yield "lost", (cell, RuntimeError("node died"))
+
+    with LosesEverything() as ex:
+        store = ResultStore.create(tmp_path / "out", race, ex.shape(), catalog)
+        run_race(race, ex, store, Recorder(), catalog.run_boot)
+    res = load_results(store.dir)
+    assert [r["status"] for r in res.records] == ["broken"]
+    assert res.records[0]["reason"] == "lost: RuntimeError (retries exhausted)"
+    assert res.timings[0]["lost"] is True

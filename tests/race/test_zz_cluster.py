@@ -5,7 +5,8 @@
   drops the events already delivered), the retry is reported as such, and the records
   equal a serial run's byte for byte;
 - `ray start --head` on 127.0.0.1 and a free port, then `ray job submit -- pae-race run`:
-  the race runs as a job on that head and its results are read back. The head is stopped
+  the race runs as a job on that head and its results are read back; then a driver on
+  this side attaches with `--address` (packages shipped as py_modules). The head is stopped
   by ending the processes that carry its own temp dir (never `ray stop`, which would end
   every Ray on the machine).
 """
@@ -173,6 +174,14 @@ def test_ray_job_submit_runs_a_race_on_a_ray_start_head(tmp_path):
             env=env, capture_output=True, text=True, timeout=200)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout + job.stderr
+        # a driver here attaching with --address: the packages go over as py_modules
+        attach = subprocess.run(
+            [sys.executable, "-m", "race.cli", "run", str(jobdir / "spec.yaml"), "--address",
+             f"127.0.0.1:{port}", "--out", str(tmp_path / "attached"), "--quiet",
+             "--format", "json"], env=env, capture_output=True, text=True, timeout=200,
+            cwd=str(tmp_path))
+        assert attach.returncode == 0, attach.stderr[-3000:]
+        assert json.loads(attach.stdout)["header"]["counts"] == {"ok": 2}
     finally:
         _stop_own_head(temp)
         shutil.rmtree(temp, ignore_errors=True)
@@ -181,4 +190,7 @@ def test_ray_job_submit_runs_a_race_on_a_ray_start_head(tmp_path):
     assert res.manifest["cluster"]["executor"] == "ray"
     assert res.manifest["cluster"]["address"].endswith(str(port))
     assert sorted(r["status"] for r in res.records) == ["ok", "ok"]
+    attached = load_results(tmp_path / "attached")
+    assert (attached.dir / "records.jsonl").read_bytes() == \
+        (res.dir / "records.jsonl").read_bytes()
     assert not _own_pids(temp)
