@@ -1,7 +1,8 @@
 """Live progress of a race, on stderr (stdout stays for the dashboards).
 
 A driver-side tally (boots queued / running / done / DNF / broken / retried, milestones
-reached, the leader of each milestone by *simulated* time) drawn with `rich.live` when
+reached, the leading hypervisor of each milestone by *simulated* time, bare hardware's time
+beside it) drawn with `rich.live` when
 stderr is a terminal, or as one plain line per event when it is not (CI logs, pipes).
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from .board import REFERENCE_ENGINE
 from .results import job_namer
 
 STATUS_WORD = {"ok": "done", "dnf": "DNF", "broken": "BROKEN"}
@@ -36,12 +38,14 @@ class Tally:
         self.retried = 0
         self.ladder: list[str] = []
         self.reached: dict[str, int] = {}
-        self.leader: dict[str, tuple[float, str]] = {}
+        self.leader: dict[str, tuple[float, str]] = {}      # among the hypervisors
+        self.reference: dict[str, tuple[float, str]] = {}   # bare hardware, beside them
         namer = job_namer(manifest["cells"])
         tables = manifest.get("cost_tables", {})
-        self.name, self.mhz = {}, {}
+        self.name, self.mhz, self.engine = {}, {}, {}
         for c in manifest["cells"]:
             cfg = c["config"]
+            self.engine[c["key"]] = cfg["engine"]
             self.name[c["key"]] = f"{namer(cfg, c['label'])} s{cfg['seed']}"
             key = cfg["costs"] + "".join(f"+{k}={v}" for k, v in
                                          sorted(cfg["cost_overrides"].items()))
@@ -64,10 +68,11 @@ class Tally:
             self.ladder.append(m)
         self.reached[m] = self.reached.get(m, 0) + 1
         t = self.sim_us(key, ev["cycles"])
-        best = self.leader.get(m)
+        board = self.reference if self.engine[key] == REFERENCE_ENGINE else self.leader
+        best = board.get(m)
         if best is None or (t, self.name[key]) < best:
-            self.leader[m] = (t, self.name[key])
-            return True
+            board[m] = (t, self.name[key])
+            return board is self.leader
         return False
 
     def finish(self, rec: dict, run: dict) -> None:
@@ -159,12 +164,12 @@ class LiveProgress(PlainProgress):
         from rich.table import Table
         t = Table(title=f"race {self.race_id} — {self.tally.summary()}", title_justify="left",
                   expand=False)
-        for col in ("milestone", "reached", "leader", "sim time"):
+        for col in ("milestone", "reached", "leader", "sim time", REFERENCE_ENGINE):
             t.add_column(col)
         for m in self.tally.ladder:
-            lead = self.tally.leader.get(m)
+            lead, ref = self.tally.leader.get(m), self.tally.reference.get(m)
             t.add_row(m, str(self.tally.reached.get(m, 0)), lead[1] if lead else "-",
-                      fmt_time(lead[0]) if lead else "-")
+                      fmt_time(lead[0]) if lead else "-", fmt_time(ref[0]) if ref else "-")
         running = ", ".join(f"{self.tally.name[k]} ({m})"
                             for k, m in list(self.tally.running.items())[:6])
         if running:
