@@ -1,0 +1,500 @@
+"""ShadowEngine: Xen shadow paging in "translate, internal" mode, for a PAE guest.
+
+Follows reference/shadow.md §1-6 and linux-guest.md §2.2; the fault path is Xen 3.3
+`sh_page_fault` (`xen/arch/x86/mm/shadow/multi.c`), CR3 is `sh_update_cr3` with the PAE
+gl3e snapshot of 3.1+ (4e5334d94c), invlpg is `sh_invlpg`.
+
+The guest (ABI.TRANSLATED) writes ordinary PAE tables of pseudo-physical frames with plain
+stores; CR3 loads, invlpg, TLB flushes and CR0/CR4/EFER writes trap here. Each VCPU's CPU
+really walks shadow tables: a per-VCPU 4-entry shadow L3 in Xen memory below 4 GiB whose
+entries point at the shadows of the guest's L2s (slot 3's typed l2h, with Xen's slots).
+
+- **Entry with paging off.** VCPUs start with guest CR0.PG=0 and run on a physical-mode
+  table, as Xen ran paging-disabled guests on the p2m: four Xen-owned L2s whose entries
+  are lazily filled with fl1 shadows of the identity "superpage" pfn -> p2m(pfn). The same
+  write-protection rules apply, so a page table built with paging off is protected the
+  moment it is shadowed. The guest's CR0.PG write traps; the engine switches to shadows.
+- **Page faults** trap: the guest walk (modes.guest_walk, PAE PDPTEs from the snapshot)
+  sets guest A/D bits as hardware would; a guest fault is reflected (trap + pf_bounce +
+  pf_delivery, error code as on bare hardware); otherwise the shadow is filled (a hidden
+  fault: trap + sh_fill + guest walk refs) or, for a supervisor write to a shadowed page
+  table, the write is emulated (trap + sh_emulate) and re-propagated into every shadow of
+  that frame. A user-mode write to a page table unshadows it and goes through.
+- **Hardware state.** CR0.WP is always 1 on the real CPU (guest WP=0 is emulated: a
+  supervisor write the shadow refuses but the guest allows is done in software); EFER.NXE
+  and CR4.PGE follow the guest's (shadows never carry G, so PGE changes nothing but the
+  flush it causes).
+- **Superpages** are not offered (`BootInfo.superpages=False`): PV-style translated guests
+  of 2005 mapped their direct map with 4 KiB pages. A guest PS=1 PDE still works exactly as
+  on hardware (PAE honours PS whatever CR4.PSE says), through an fl1 shadow.
+- **Xen's area** (0xF5800000 up): see p2m.py. Guest accesses there other than a
+  supervisor read of RO_MPT raise #GP, never reach a page table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engines.api import ABI, BootInfo, CostTable, DomainSpec, Engine, EngineError, GuestPageFault
+from engines.hw import A_USER, A_WRITE, AddressError, GeneralProtection, PageFault, pdpte_reserved
+
+from .audit import ShadowAudit
+from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, PAE, GuestWalk, guest_walk
+from .oos import OutOfSync
+from .options import resolve_options
+from .p2m import HYPERVISOR_VIRT_START, RO_MPT_END, P2M, XenArea
+from .pool import SH_L2, SH_L2H, ShadowPage, ShadowPool
+from .shadows import ShadowOps
+from .wrmap import WriteAccess
+
+MIB = 1 << 20
+_DONE = object()          # the fault path finished the access itself (emulated)
+_RETRY = object()         # the shadow is ready: retry the access on the hardware
+_UNPAGED_PDE = F_P | F_RW | F_US | F_A | F_D | F_PS
+
+
+@dataclass
+class VcpuState:
+    """What the guest believes its VCPU's paging registers hold, plus Xen's per-VCPU state."""
+    sl3_mfn: int
+    pg: bool = False
+    wp: bool = False
+    pge: bool = False
+    nxe: bool = False
+    gcr3: int = 0
+    gl3e: tuple = (0, 0, 0, 0)             # v->arch.paging.shadow.gl3e[4]
+    tops: list = field(default_factory=lambda: [None] * 4)
+    up: bool = False                       # has run (in domain_dirty_cpumask)
+    last_unshadow: int | None = None       # last_emulated_mfn_for_unshadow (as a gfn)
+    last_wr_smfn: int = -1                 # last_writeable_pte_smfn
+    half: int | None = None                # va of a half PTE write just emulated
+    oos: list = field(default_factory=list)
+
+
+class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
+    name = "shadow"
+    abi = ABI.TRANSLATED
+    COST_EVENTS = Engine.COST_EVENTS + (
+        "trap", "pf_bounce", "pf_delivery", "tlb_flush", "cr_write", "sh_fill", "sh_emulate",
+        "sh_cr3", "sh_invlpg", "sh_unshadow", "sh_resync", "sh_wrmap_probe", "sh_wrmap_scan",
+        "sh_prefetch_entry", "sh_guest_walk_ref")
+
+    def __init__(self, spec: DomainSpec, costs: CostTable):
+        self.opt = resolve_options(spec)
+        super().__init__(spec, costs, (spec.machine_memory_mib or 8192) * MIB)
+        self.mode = PAE
+        self.M = spec.maxphyaddr
+        self._amask = self.mode.frame_mask(self.M)
+        self.nr_pages = spec.memory_mib * 256
+        pool_pages = self.opt["pool_pages"]
+        xen_frames = (pool_pages + spec.vcpus + 4 + 16 + 8
+                      + (self.nr_pages * 8 + 4095) // 4096)
+        self.p2m = P2M(self.memory, self.nr_pages, xen_frames, spec.seed)
+        self.xen = XenArea(self.memory, self.p2m)
+        self.pool = ShadowPool(self.p2m.alloc_xen(pool_pages))
+        self.mapcount: dict[int, int] = {}
+        self.wrmaps: dict[int, set] = {}
+        self.oos_pages: dict = {}
+        self.unpaged = [ShadowPage(mfn, "l2u", slot, ("unpaged", slot))
+                        for slot, mfn in enumerate(self.p2m.alloc_xen(4))]
+        self.vs = [VcpuState(mfn) for mfn in self.p2m.alloc_xen(spec.vcpus)]
+        self._bulk_src = self._bulk_pending = None
+        for v, cpu in enumerate(self.cpus):
+            cpu.flush_filter = False        # Xen sets HWCR.FFDIS (costs.md §1)
+            cpu.cr0_wp = True
+            self._load_tops(v, list(self.unpaged))
+
+    def boot_info(self) -> BootInfo:
+        return BootInfo(abi=ABI.TRANSLATED, vcpus=self.spec.vcpus, nr_pages=self.nr_pages,
+                        paging_on_at_entry=False, hypervisor_virt_start=HYPERVISOR_VIRT_START,
+                        superpages=False, shared_kernel_pmd=True)
+
+    # -- guest memory access ------------------------------------------------------------------
+    def _xen_area(self, va: int, access: int) -> None:
+        if not 0 <= va <= 0xFFFFFFFF:
+            raise ValueError(f"linear address {va:#x} is not a 32-bit address")
+        if va >= RO_MPT_END or access & (A_WRITE | A_USER):
+            raise GeneralProtection(f"guest access {access:#x} at va {va:#010x}: at or above "
+                                    f"HYPERVISOR_VIRT_START {HYPERVISOR_VIRT_START:#x}, only "
+                                    f"supervisor reads of the RO_MPT area are allowed")
+
+    def read(self, vcpu: int, va: int, access: int = 0) -> int:
+        if va >= HYPERVISOR_VIRT_START:
+            self._xen_area(va, access)
+        cpu = self.cpus[vcpu]
+        for _ in range(4):
+            try:
+                return cpu.read_u64(va, access)
+            except PageFault:
+                self._sh_page_fault(vcpu, va, access)
+        raise EngineError(f"read at va {va:#010x} on vcpu {vcpu}: shadow fill did not stick")
+
+    def write(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
+        access |= A_WRITE
+        if va >= HYPERVISOR_VIRT_START:
+            self._xen_area(va, access)
+        cpu = self.cpus[vcpu]
+        for _ in range(4):
+            try:
+                cpu.write_u64(va, value, access)
+                return
+            except PageFault:
+                if self._sh_page_fault(vcpu, va, access, value) is _DONE:
+                    return
+        raise EngineError(f"write at va {va:#010x} on vcpu {vcpu}: shadow fill did not stick")
+
+    def write_u32(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
+        """A 4-byte store (Linux PAE set_pte writes a PTE as two 32-bit halves)."""
+        access |= A_WRITE
+        if va >= HYPERVISOR_VIRT_START:
+            self._xen_area(va, access)
+        cpu = self.cpus[vcpu]
+        for _ in range(4):
+            try:
+                self.memory.write_u32(cpu.translate(va, access), value)
+                self.vs[vcpu].half = None
+                return
+            except PageFault:
+                if self._sh_page_fault(vcpu, va, access, value, 4) is _DONE:
+                    return
+        raise EngineError(f"write at va {va:#010x} on vcpu {vcpu}: shadow fill did not stick")
+
+    def translate(self, vcpu: int, va: int, access: int = 0) -> int:
+        if va >= HYPERVISOR_VIRT_START:
+            self._xen_area(va, access)
+        cpu = self.cpus[vcpu]
+        for _ in range(4):
+            try:
+                return cpu.translate(va, access)
+            except PageFault:
+                r = self._sh_page_fault(vcpu, va, access, None)
+                if r is not None:
+                    return r
+        raise EngineError(f"translate of va {va:#010x} on vcpu {vcpu}: fill did not stick")
+
+    def clear_page(self, vcpu: int, va: int) -> None:
+        self._bulk_write(vcpu, va, None)
+        self.charge(vcpu, "page_clear")
+
+    def copy_page(self, vcpu: int, dst_va: int, src_va: int) -> None:
+        src = self.translate(vcpu, src_va & ~0xFFF, 0)
+        self._bulk_write(vcpu, dst_va, src >> 12)
+        self.charge(vcpu, "page_copy")
+
+    # -- the shadow page-fault path --------------------------------------------------------------
+    def _sh_page_fault(self, vcpu: int, va: int, access: int, value=None, size: int = 8):
+        """sh_page_fault. Returns None to retry the access on the hardware, _DONE when the
+        write was emulated, or a machine address for translate()."""
+        vs = self.vs[vcpu]
+        vs.up = True
+        cont = size == 4 and vs.half == va ^ 4      # second half caught in the same trap
+        if not cont:
+            self.charge(vcpu, "trap")
+        walk = self._walk(vcpu, va, access)
+        if not walk.ok:
+            vs.last_unshadow = vs.half = None
+            self.charge(vcpu, "pf_bounce")
+            self.charge(vcpu, "pf_delivery")
+            raise GuestPageFault(va, walk.pfec)
+        gfn = walk.gfn
+        mfn = self.p2m.mfn(gfn)
+        if mfn < 0:
+            raise AddressError(f"va {va:#010x} maps guest-physical address "
+                               f"{(gfn << 12) | (va & 0xFFF):#x}, outside the domain's "
+                               f"{self.nr_pages:#x} pages")
+        maddr = (mfn << 12) | (va & 0xFFF)
+        if access & A_WRITE:
+            if gfn in self.pool.by_gfn:
+                r = self._pt_write(vcpu, va, access, walk, value, size, maddr, cont)
+                if r is _RETRY:
+                    return None
+                if r is not None:
+                    return r
+            elif not walk.writable:                      # guest CR0.WP=0: emulate
+                return self._plain_write(vcpu, maddr, value, size)
+        vs.last_unshadow = vs.half = None
+        self._fill(vcpu, va, walk)
+        self.charge(vcpu, "sh_fill")
+        return None
+
+    def _pt_write(self, vcpu, va, access, walk, value, size, maddr, cont):
+        """A write to a shadowed page table: unshadow (user mode), unsync, or emulate.
+        None means "go on and fill the shadow", _RETRY "retry on the hardware"."""
+        gfn = walk.gfn
+        if value is None:
+            return self._pt_bulk(vcpu, gfn, maddr)
+        if access & A_USER:
+            if self._remove_shadows(vcpu, gfn, "user_write"):
+                return None if walk.writable else self._plain_write(vcpu, maddr, value, size)
+        elif walk.writable:
+            sl1 = self._oos_candidate(gfn)
+            if sl1 is not None:
+                sp, idx = self._fill(vcpu, va, walk)
+                if sp is not None:
+                    self._unsync(vcpu, gfn, sl1, sp, idx)
+                    self.charge(vcpu, "sh_fill")
+                    return _RETRY
+        return self._emulate(vcpu, walk, value, size, maddr, cont)
+
+    def _pt_bulk(self, vcpu: int, gfn: int, maddr: int):
+        """A whole-page store (clear_page/copy_page, or a translate for writing) onto a
+        shadowed page table. Xen sees 512 stores, each trapped and emulated, until the
+        early-unshadow heuristic fires on the second zero store."""
+        src = self._bulk_src
+        if src is not None:
+            zeros = src < 0 or not any(self.memory.read_u64((src << 12) | (i << 3))
+                                       for i in range(2))
+            if zeros and self.opt["early_unshadow"]:
+                self.charge(vcpu, "trap")
+                self.charge(vcpu, "sh_emulate", 2)
+                if self._remove_shadows(vcpu, gfn, "early"):
+                    return None
+            else:
+                self.charge(vcpu, "trap", 511)
+                self.charge(vcpu, "sh_emulate", 512)
+            self._bulk_pending = gfn
+            return maddr
+        if self._remove_shadows(vcpu, gfn, "bulk"):
+            return None
+        self._unhook_for_bulk(vcpu, gfn)
+        return maddr
+
+    def _plain_write(self, vcpu: int, maddr: int, value, size: int):
+        if value is None:
+            return maddr
+        if size == 8:
+            self.memory.write_u64(maddr, value)
+        else:
+            self.memory.write_u32(maddr, value)
+        self.charge(vcpu, "sh_emulate")
+        return _DONE
+
+    def _emulate(self, vcpu: int, walk: GuestWalk, value: int, size: int, maddr: int,
+                 cont: bool):
+        """sh_x86_emulate_write + sh_validate_guest_pt_write + early-unshadow detection."""
+        vs = self.vs[vcpu]
+        self.charge(vcpu, "sh_emulate")
+        gfn = walk.gfn
+        if size == 8:
+            self.memory.write_u64(maddr, value)
+        else:
+            self.memory.write_u32(maddr, value)
+        if self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3):
+            self._flush_all(vcpu)
+        vs.half = walk.va if size == 4 and not cont else None
+        if size == 4 and maddr & 4:
+            return _DONE                                 # a high half neither counts nor resets
+        if value == 0 and self.opt["early_unshadow"]:
+            if vs.last_unshadow == gfn:
+                vs.last_unshadow = None
+                self._remove_shadows(vcpu, gfn, "early")
+            else:
+                vs.last_unshadow = gfn
+        else:
+            vs.last_unshadow = None
+        return _DONE
+
+    def _walk(self, vcpu: int, va: int, access: int) -> GuestWalk:
+        vs = self.vs[vcpu]
+        if not vs.pg:
+            gfn = va >> 12
+            if gfn >= self.nr_pages:
+                raise AddressError(f"physical address {va:#x} (paging off) is outside the "
+                                   f"domain's {self.nr_pages:#x} pages")
+            pde = ((va >> 21) << 21) | _UNPAGED_PDE
+            return GuestWalk(va, access, (F_P, pde), (None, None), 2, None, gfn, True, True)
+        self._walk_vcpu = vcpu
+        w = guest_walk(self.mode, va, access, top=vs.gl3e, read=self._gread,
+                       set_bits=self._gset_bits, wp=vs.wp, nxe=vs.nxe, maxphyaddr=self.M)
+        self.charge(vcpu, "sh_guest_walk_ref", w.refs)
+        return w
+
+    def _gread(self, gpa: int) -> int:
+        mfn = self.p2m.mfn(gpa >> 12)
+        if mfn < 0:
+            raise AddressError(f"guest page-table entry at guest-physical {gpa:#x} is outside "
+                               f"the domain's {self.nr_pages:#x} pages")
+        return self.memory.read_u64((mfn << 12) | (gpa & 0xFFF))
+
+    def _gset_bits(self, gpa: int, bits: int) -> None:
+        """set_ad_bits: Xen writes guest A/D itself, then re-propagates that entry."""
+        gfn = gpa >> 12
+        self.memory.set_bits_u64((self.p2m.p2m[gfn] << 12) | (gpa & 0xFFF), bits)
+        if gfn in self.pool.by_gfn and self._validate_gpte(self._walk_vcpu, gfn,
+                                                           (gpa & 0xFFF) >> 3):
+            self._flush_all(self._walk_vcpu)
+
+    def _fill(self, vcpu: int, va: int, walk: GuestWalk):
+        """shadow_get_and_create_l1e + l1e_propagate_from_guest (+ prefetch). Returns the
+        shadow L1 and index now mapping `va`."""
+        vs = self.vs[vcpu]
+        self._prealloc(vcpu, 2)
+        top = vs.tops[va >> 30] if vs.pg else self.unpaged[va >> 30]
+        if top is None:
+            raise EngineError(f"vcpu {vcpu}: no shadow for PDPT slot {va >> 30} of a guest "
+                              f"walk that succeeded")
+        flush = self._set_sl2e(top, (va >> 21) & 511,
+                               self._sl2e_from_guest(walk.entries[1], vs.nxe, vcpu, True))
+        sl2e = self.memory.read_u64((top.smfn << 12) | (((va >> 21) & 511) << 3))
+        sp = self.pool.by_smfn.get((sl2e & self._amask) >> 12) if sl2e & F_P else None
+        idx = (va >> 12) & 511
+        if sp is not None:
+            flush |= self._set_sl1e(sp, idx, self._sl1e_for(sp, idx, walk.leaf, vs.nxe))
+            if self.opt["prefetch"] and walk.level == 1:
+                flush |= self._prefetch(vcpu, sp, idx)
+        if flush:
+            self._flush_all(vcpu)
+        return sp, idx
+
+    def _bulk_write(self, vcpu: int, va: int, src_mfn: int | None) -> None:
+        """clear_page/copy_page: 512 stores. Onto a shadowed page table each would trap and
+        be emulated until early unshadow fires; without it, all 512 are emulated."""
+        self._bulk_src, self._bulk_pending = (-1 if src_mfn is None else src_mfn), None
+        try:
+            maddr = self.translate(vcpu, va & ~0xFFF, A_WRITE)
+        finally:
+            self._bulk_src = None
+        if src_mfn is None:
+            self.memory.zero_frame(maddr >> 12)
+        else:
+            self.memory.copy_frame(src_mfn, maddr >> 12)
+        gfn, self._bulk_pending = self._bulk_pending, None
+        if gfn is not None:
+            flush = False
+            for idx in range(512):
+                flush |= self._validate_gpte(vcpu, gfn, idx)
+            if flush:
+                self._flush_all(vcpu)
+
+    def _unhook_for_bulk(self, vcpu: int, gfn: int) -> None:
+        """A whole-page write to an in-use page table that cannot be unshadowed: charge the
+        512 emulated stores and empty its shadows so they refill from the new contents."""
+        self.charge(vcpu, "trap", 511)
+        self.charge(vcpu, "sh_emulate", 512)
+        for sp in list(self.pool.by_gfn.get(gfn, ())):
+            for idx, _e in self.memory.nonzero_words(sp.smfn):
+                if sp.type == "l1":
+                    self._set_sl1e(sp, idx, 0)
+                elif not (sp.type == SH_L2H and idx >= 428):
+                    self._set_sl2e(sp, idx, 0)
+        self._flush_all(vcpu)
+
+    # -- CR3 and the shadow L3 ---------------------------------------------------------------------
+    def _read_pdptes(self, vcpu: int, cr3: int) -> tuple:
+        base = cr3 & 0xFFFFFFE0
+        gl3e = tuple(self._gread(base + 8 * i) for i in range(4))
+        rsvd = pdpte_reserved(self.M)
+        for i, e in enumerate(gl3e):
+            if e & F_P and e & rsvd:
+                raise GeneralProtection(f"vcpu {vcpu} load of cr3 {cr3:#x}: PDPTE {i} = "
+                                        f"{e:#018x} is present with reserved bits "
+                                        f"{e & rsvd:#x} set (SDM §4.4.1)")
+        return gl3e
+
+    def _load_tops(self, vcpu: int, tops: list) -> None:
+        """Point the VCPU's shadow L3 at `tops` and reload CR3 (flushing: XSA-294)."""
+        vs = self.vs[vcpu]
+        old = vs.tops
+        for i, sp in enumerate(old):
+            if sp is not None and sp.type != "l2u":
+                sp.users.discard((vcpu, i))
+                sp.refs -= 1
+        for i, sp in enumerate(tops):
+            if sp is not None and sp.type != "l2u":
+                sp.users.add((vcpu, i))
+                sp.refs += 1
+        for sp in old:
+            if sp is not None and sp.type != "l2u" and sp.refs == 0:
+                self._destroy(sp)
+        vs.tops = tops
+        base = vs.sl3_mfn << 12
+        for i, sp in enumerate(tops):
+            self.memory.write_u64(base + 8 * i, (sp.smfn << 12) | F_P if sp is not None else 0)
+        self.cpus[vcpu].load_cr3(base)
+
+    def _update_cr3(self, vcpu: int) -> None:
+        """sh_update_cr3: shadow the up to 4 L2s the gl3e snapshot names (slot 3 as l2h)."""
+        vs = self.vs[vcpu]
+        if not vs.pg:
+            self._load_tops(vcpu, list(self.unpaged))
+            return
+        self._prealloc(vcpu, 4)
+        tops: list = [None] * 4
+        for i, e in enumerate(vs.gl3e):
+            gfn = (e & self._amask) >> 12
+            if e & F_P and self.p2m.mfn(gfn) >= 0:
+                tops[i] = self._get_top(vcpu, gfn, SH_L2H if i == 3 else SH_L2)
+        self._load_tops(vcpu, tops)
+
+    def write_cr3(self, vcpu: int, cr3: int) -> None:
+        vs = self.vs[vcpu]
+        vs.up = True
+        self.charge(vcpu, "trap")
+        self.charge(vcpu, "sh_cr3")
+        gl3e = self._read_pdptes(vcpu, cr3)
+        self._resync_all(vcpu)
+        vs.gcr3, vs.gl3e = cr3, gl3e
+        self._update_cr3(vcpu)
+
+    # -- other privileged operations -------------------------------------------------------------
+    def invlpg(self, vcpu: int, va: int) -> None:
+        self.vs[vcpu].up = True
+        self.charge(vcpu, "trap")
+        self.charge(vcpu, "sh_invlpg")
+        self._resync_all(vcpu)
+        self.cpus[vcpu].invlpg(va)
+
+    def flush_tlb(self, vcpu: int, include_global: bool = False) -> None:
+        self.vs[vcpu].up = True
+        self.charge(vcpu, "trap")
+        self.charge(vcpu, "tlb_flush")
+        self._resync_all(vcpu)
+        self.cpus[vcpu].flush_tlb(include_global)
+
+    def set_control(self, vcpu: int, *, pg: bool | None = None, wp: bool | None = None,
+                    pge: bool | None = None, nxe: bool | None = None) -> None:
+        vs = self.vs[vcpu]
+        vs.up = True
+        cpu = self.cpus[vcpu]
+        if nxe is not None:
+            self._trap_cr(vcpu)
+            vs.nxe = bool(nxe)
+            cpu.efer_nxe = vs.nxe
+        if wp is not None:
+            self._trap_cr(vcpu)
+            vs.wp = bool(wp)
+        if pge is not None:
+            self._trap_cr(vcpu)
+            if bool(pge) != vs.pge:
+                gl3e = self._read_pdptes(vcpu, vs.gcr3) if vs.pg else vs.gl3e
+                vs.pge = bool(pge)
+                cpu.cr4_pge = vs.pge
+                self._resync_all(vcpu)
+                vs.gl3e = gl3e
+                self._update_cr3(vcpu)
+        if pg is not None:
+            self._trap_cr(vcpu)
+            if bool(pg) != vs.pg:
+                if pg:
+                    vs.gl3e = self._read_pdptes(vcpu, vs.gcr3)
+                vs.pg = bool(pg)
+                self._resync_all(vcpu)
+                self._update_cr3(vcpu)
+
+    def _trap_cr(self, vcpu: int) -> None:
+        self.charge(vcpu, "trap")
+        self.charge(vcpu, "cr_write")
+
+    # -- accounting ------------------------------------------------------------------------------
+    def gauges(self) -> dict[str, int]:
+        out = super().gauges()
+        out["sh.shadow_pages"] = self.pool.in_use
+        out["sh.shadow_pages_peak"] = self.pool.peak
+        out["sh.pool_pages"] = self.pool.size
+        out["sh.oos_pages"] = len(self.oos_pages)
+        return out
+
+    def _save_accounting(self):
+        return self.pool.peak
+
+    def _restore_accounting(self, saved) -> None:
+        self.pool.peak = saved

@@ -1,0 +1,187 @@
+"""Paging modes and the one guest page-table walker, written once for every mode.
+
+Follows Xen's `xen/arch/x86/mm/shadow/multi.c` + `guest_pt.h` idea (reference/shadow.md §4
+"Mode templating"): the paging level is a *parameter*. A `PagingMode` value says how many
+levels a guest walk has, how many entries each table holds and how wide they are, which
+linear-address bits index each level, whether the top level is the PAE PDPTE registers,
+and which levels may map large pages. `guest_walk` (after Xen's `guest_walk_tables`) walks
+the guest's tables for one access, sets guest A/D bits exactly as the hardware does
+(reference/pae.md §8-9, the "implement" column: a non-leaf entry used gets A even when the
+walk then faults; the leaf gets A, and D on a write, only on success) and *returns* a
+`GuestWalk` record; the caller decides whether to fill a shadow, emulate or inject.
+
+Faults follow SDM §4.7 / pae.md §5-7: the first failing level ends the walk; a reserved bit
+in a present entry beats a rights violation; error code P|RSVD for reserved bits, 0 for
+not-present, P for rights; W, U from the access; I/D only for fetches with NXE.
+
+Two modes are defined: `PAE` (what the race boots: 4 PDPTE registers, 512 x 8-byte PDEs
+and PTEs, 2 MiB pages) and `TWO_LEVEL` (legacy 32-bit paging: 1024 x 4-byte entries, 4 MiB
+pages when CR4.PSE, no NX, PSE-36 frame bits), shown by tests at the walker level.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from engines.hw import LARGE_PDE_EXTRA_RESERVED, pde_pte_reserved, pdpte_reserved
+
+F_P, F_RW, F_US, F_A, F_D, F_PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
+F_XD = 1 << 63
+A_WRITE, A_USER, A_FETCH = 0x2, 0x4, 0x10
+PFEC_P, PFEC_RSVD, PFEC_ID = 0x1, 0x8, 0x10
+
+
+@dataclass(frozen=True)
+class PagingMode:
+    """One guest paging mode. Per-level tuples are indexed by level (1 = leaf tables)."""
+    name: str
+    levels: int
+    entry_bytes: int
+    entries: tuple[int, ...]        # entries per table at each level (index 0 unused)
+    shifts: tuple[int, ...]         # linear-address shift of each level's index
+    top_in_registers: bool          # PAE: the top level is the PDPTE registers (MOV CR3)
+    large_level: int                # the level whose entries may have PS=1 (0: none)
+    has_nx: bool
+
+    def index(self, va: int, level: int) -> int:
+        return (va >> self.shifts[level]) & (self.entries[level] - 1)
+
+    def span(self, level: int) -> int:
+        """Bytes of linear address space one entry at `level` covers."""
+        return 1 << self.shifts[level]
+
+    def frame_mask(self, maxphyaddr: int) -> int:
+        return ((1 << maxphyaddr) - 1) & ~0xFFF
+
+    def reserved(self, level: int, entry: int, large: bool, maxphyaddr: int, nxe: bool) -> int:
+        """Reserved bits set in a present entry at `level` (pae.md §4; SDM Table 4-4)."""
+        if self.name == "pae":
+            if level == 3:
+                return entry & pdpte_reserved(maxphyaddr)
+            mask = pde_pte_reserved(maxphyaddr, nxe)
+            if large:
+                mask |= LARGE_PDE_EXTRA_RESERVED
+            return entry & mask
+        if large:   # 32-bit 4 MiB PDE: bits 21:(13 + M - 32) reserved (PSE-36)
+            low = 13 + min(maxphyaddr, 40) - 32
+            return entry & (((1 << 22) - 1) & ~((1 << low) - 1))
+        return 0
+
+    def leaf_gfn(self, entry: int, level: int, va: int, maxphyaddr: int) -> int:
+        """Guest frame the leaf `entry` at `level` maps for `va`."""
+        if level == 1:
+            return (entry & self.frame_mask(maxphyaddr)) >> 12
+        if self.name == "pae":
+            base = (entry & self.frame_mask(maxphyaddr) & ~((1 << 21) - 1)) >> 12
+        else:       # 4 MiB: bits 31:22, plus PSE-36 bits 20:13 as address bits 39:32
+            base = ((entry >> 22) << 10) | (((entry >> 13) & 0xFF) << 20)
+            base &= (1 << (maxphyaddr - 12)) - 1
+        return base + ((va & (self.span(level) - 1)) >> 12)
+
+    def table_gpa(self, entry: int, maxphyaddr: int) -> int:
+        """Guest-physical base of the table a non-leaf `entry` points at."""
+        if self.name == "pae":
+            return entry & self.frame_mask(maxphyaddr)
+        return entry & 0xFFFFF000
+
+
+PAE = PagingMode("pae", levels=3, entry_bytes=8, entries=(0, 512, 512, 4),
+                 shifts=(0, 12, 21, 30), top_in_registers=True, large_level=2, has_nx=True)
+TWO_LEVEL = PagingMode("2-level", levels=2, entry_bytes=4, entries=(0, 1024, 1024),
+                       shifts=(0, 12, 22), top_in_registers=False, large_level=2,
+                       has_nx=False)
+
+
+@dataclass(frozen=True)
+class GuestWalk:
+    """What a guest walk found: the entries read from the top down (after any A/D bits the
+    walk set), their guest-physical addresses (None for a PDPTE register), the level of the
+    last entry read, whether it is a leaf, the fault (None on success) and, on success, the
+    mapped frame and combined rights (W, U, NX)."""
+    va: int
+    access: int
+    entries: tuple[int, ...]
+    gpas: tuple[int | None, ...]
+    level: int
+    pfec: int | None
+    gfn: int = -1
+    writable: bool = False
+    user: bool = False
+    nx: bool = False
+    refs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.pfec is None
+
+    @property
+    def leaf(self) -> int:
+        return self.entries[-1]
+
+
+ReadFn = Callable[[int], int]
+SetBitsFn = Callable[[int, int], None]
+
+
+def guest_walk(mode: PagingMode, va: int, access: int, *, top, read: ReadFn,
+               set_bits: SetBitsFn | None, wp: bool, nxe: bool, pse: bool = True,
+               maxphyaddr: int = 36) -> GuestWalk:
+    """Walk the guest's tables for `access` at `va`. `top` is the 4 PDPTE registers (PAE)
+    or the CR3 value (2-level). `read(gpa)` reads one entry; `set_bits(gpa, bits)` ORs A/D
+    bits into one (None: a pure walk that writes nothing, for audits)."""
+    nxe = nxe and mode.has_nx
+    entries: list[int] = []
+    gpas: list[int | None] = []
+    refs = 0
+
+    def fault(code: int) -> GuestWalk:
+        if access & A_FETCH and nxe:
+            code |= PFEC_ID
+        code |= access & (A_WRITE | A_USER)
+        return GuestWalk(va, access, tuple(entries), tuple(gpas), level, code, refs=refs)
+
+    level = mode.levels
+    if mode.top_in_registers:
+        e = top[mode.index(va, level)]
+        entries.append(e)
+        gpas.append(None)
+        if not e & F_P:
+            return fault(0)
+        table = mode.table_gpa(e, maxphyaddr)
+        level -= 1
+    else:
+        table = top & 0xFFFFF000
+    writable = user = True
+    nx = False
+    while True:
+        gpa = table + mode.index(va, level) * mode.entry_bytes
+        e = read(gpa)
+        refs += 1
+        entries.append(e)
+        gpas.append(gpa)
+        if not e & F_P:
+            return fault(0)
+        large = level == mode.large_level and bool(e & F_PS) and (pse or mode.name == "pae")
+        if mode.reserved(level, e, large, maxphyaddr, nxe):
+            return fault(PFEC_P | PFEC_RSVD)
+        writable = writable and bool(e & F_RW)
+        user = user and bool(e & F_US)
+        nx = nx or (nxe and bool(e & F_XD))
+        if level == 1 or large:
+            break
+        if not e & F_A and set_bits is not None:       # a used non-leaf entry gets A
+            set_bits(gpa, F_A)
+            entries[-1] = e | F_A
+        table = mode.table_gpa(e, maxphyaddr)
+        level -= 1
+    if ((access & A_USER and not user)
+            or (access & A_WRITE and not writable and (access & A_USER or wp))
+            or (access & A_FETCH and nx)):
+        return fault(PFEC_P)
+    want = F_A | F_D if access & A_WRITE else F_A
+    if e & want != want and set_bits is not None:
+        set_bits(gpa, want)
+        entries[-1] = e | want
+    gfn = mode.leaf_gfn(e, level, va, maxphyaddr)
+    return GuestWalk(va, access, tuple(entries), tuple(gpas), level, None, gfn, writable,
+                     user, nx, refs)

@@ -1,0 +1,288 @@
+"""Shadow entries: propagation from guest entries, installing them with references, making
+and destroying shadows, re-validating guest page-table writes, and the pool's eviction.
+
+Follows reference/shadow.md §3 (`_sh_propagate`, A/D emulation) and §4 (shadow types,
+pinning, `_shadow_prealloc`), after Xen 3.3 `xen/arch/x86/mm/shadow/multi.c`
+(`l1e_propagate_from_guest`, `shadow_set_l1e`/`shadow_set_l2e`, `sh_validate_guest_entry`)
+and `common.c` (`shadow_prealloc`, `sh_destroy_shadow`):
+- a shadow entry is present only if the guest entry is present, has A set, has no reserved
+  bit and names a frame of the domain; an L1 (or fl1) shadow entry is writable only if the
+  guest entry has D set and the target is not a shadowed page table (an out-of-sync page's
+  recorded writable mappings excepted); higher-level shadow entries get A|D up front;
+  GLOBAL is never propagated (Xen's pass-through mask has no G), so every shadow-root
+  change flushes every translation a VCPU holds;
+- each installed L1 entry takes a reference on its target frame, and a writable one is
+  recorded as a writable mapping of that frame (Xen: get_page + PGT_writable_page type
+  ref); each L2 entry takes a reference on the child shadow. An entry whose reference
+  fails is never installed (XSA-249/250);
+- a shadow whose last reference goes is destroyed; a change that removes or narrows a
+  present shadow entry needs a TLB flush of every VCPU (SHADOW_SET_FLUSH ->
+  flush_tlb_mask), which the caller does;
+- pool exhaustion: unpin top-level shadows least-recently-used first (those not in any
+  VCPU's CR3), then unhook every guest entry of the top-level shadows in use and flush;
+  if that cannot free enough the domain is crashed, never the host (XSA-410).
+This is a mixin of `ShadowEngine`; the attributes it uses are set up in engine.py.
+"""
+from __future__ import annotations
+
+from engines.api import GuestCrash
+
+from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, F_XD
+from .p2m import XEN_FIRST_SLOT
+from .pool import SH_FL1, SH_L1, SH_L2H, ShadowPage
+
+REF_MAX = (1 << 26) - 1       # width of a frame's shadow reference count (PGC_count_mask-like)
+PREFETCH_DISTANCE = 32        # Xen's PREFETCH_DISTANCE
+_L2_FLAGS = F_P | F_A | F_D
+
+
+class ShadowOps:
+    """Mixin: shadow entry propagation, references, shadow lifetime, eviction."""
+
+    # -- propagation (guest entry -> shadow entry) -----------------------------------------
+    def _sl1e_from_guest(self, gl1e: int, nxe: bool, sp: ShadowPage, idx: int) -> int:
+        if gl1e & (F_P | F_A) != F_P | F_A or self.mode.reserved(1, gl1e, False, self.M, nxe):
+            return 0
+        gfn = (gl1e & self._amask) >> 12
+        mfn = self.p2m.mfn(gfn)
+        if mfn < 0:
+            return 0
+        flags = F_P | F_A | F_D | (gl1e & F_US)
+        if gl1e & F_RW and gl1e & F_D and self._may_write(gfn, sp.smfn, idx):
+            flags |= F_RW
+        if nxe and gl1e & F_XD:
+            flags |= F_XD
+        return (mfn << 12) | flags
+
+    def _fl1e(self, sp: ShadowPage, idx: int) -> int:
+        """Entry `idx` of an fl1 shadow (a splintered superpage, key[2] = guest D bit)."""
+        gfn = sp.gfn + idx
+        mfn = self.p2m.mfn(gfn)
+        if mfn < 0:
+            return 0
+        flags = F_P | F_A | F_D | F_US
+        if sp.key[2] and self._may_write(gfn, sp.smfn, idx):
+            flags |= F_RW
+        return (mfn << 12) | flags
+
+    def _sl1e_for(self, sp: ShadowPage, idx: int, gword: int, nxe: bool) -> int:
+        if sp.type == SH_FL1:
+            return self._fl1e(sp, idx)
+        return self._sl1e_from_guest(gword, nxe, sp, idx)
+
+    def _may_write(self, gfn: int, smfn: int, idx: int) -> bool:
+        if gfn not in self.pool.by_gfn:
+            return True
+        rec = self.oos_pages.get(gfn)
+        return rec is not None and (smfn, idx) in rec.fixups
+
+    def _sl2e_from_guest(self, gl2e: int, nxe: bool, vcpu: int, create: bool) -> int:
+        if gl2e & (F_P | F_A) != F_P | F_A:
+            return 0
+        large = bool(gl2e & F_PS)
+        if self.mode.reserved(2, gl2e, large, self.M, nxe):
+            return 0
+        if large:
+            base = self.mode.leaf_gfn(gl2e, 2, 0, self.M)
+            child = self._get_fl1(vcpu, base, bool(gl2e & F_D), create)
+        else:
+            gfn = (gl2e & self._amask) >> 12
+            if self.p2m.mfn(gfn) < 0:
+                return 0
+            child = self._get_l1(vcpu, gfn, create)
+        if child is None:
+            return 0
+        flags = _L2_FLAGS | (gl2e & (F_RW | F_US))
+        if nxe and gl2e & F_XD:
+            flags |= F_XD
+        return (child.smfn << 12) | flags
+
+    # -- installing entries -------------------------------------------------------------------
+    def _set_sl1e(self, sp: ShadowPage, idx: int, new: int) -> bool:
+        """shadow_set_l1e: install `new` at `idx`, moving frame references. True when a
+        present entry was removed or narrowed (the caller must flush)."""
+        maddr = (sp.smfn << 12) | (idx << 3)
+        old = self.memory.read_u64(maddr)
+        if old == new:
+            return False
+        if new & F_P:
+            mfn = (new & self._amask) >> 12
+            if self.mapcount.get(mfn, 0) >= REF_MAX:
+                self.stats["sh.ref_overflow_refused"] += 1
+                new = 0                                   # never install a failed reference
+            else:
+                self.mapcount[mfn] = self.mapcount.get(mfn, 0) + 1
+                if new & F_RW:
+                    self.wrmaps.setdefault(mfn, set()).add((sp.smfn, idx))
+        if old & F_P:
+            mfn = (old & self._amask) >> 12
+            n = self.mapcount[mfn] - 1
+            if n:
+                self.mapcount[mfn] = n
+            else:
+                del self.mapcount[mfn]
+            if old & F_RW:
+                maps = self.wrmaps[mfn]
+                maps.discard((sp.smfn, idx))
+                if not maps:
+                    del self.wrmaps[mfn]
+        self.memory.write_u64(maddr, new)
+        return bool(old & F_P) and (not new & F_P or (old ^ new) & self._amask
+                                    or (old & ~new & (F_RW | F_US)) or (new & ~old & F_XD))
+
+    def _set_sl2e(self, sp: ShadowPage, idx: int, new: int) -> bool:
+        """shadow_set_l2e: install `new`, moving the child shadow's reference."""
+        maddr = (sp.smfn << 12) | (idx << 3)
+        old = self.memory.read_u64(maddr)
+        if old == new:
+            return False
+        if new & F_P:
+            child = self.pool.by_smfn[(new & self._amask) >> 12]
+            child.refs += 1
+            child.up.add((sp, idx))
+        self.memory.write_u64(maddr, new)
+        if old & F_P:
+            child = self.pool.by_smfn[(old & self._amask) >> 12]
+            child.up.discard((sp, idx))
+            child.refs -= 1
+            if child.refs == 0:
+                self._destroy(child)
+            return True
+        return False
+
+    # -- making and destroying shadows -------------------------------------------------------
+    def _new_shadow(self, vcpu: int, type_: str, gfn: int, key: tuple) -> ShadowPage:
+        if not self.pool.free:
+            raise GuestCrash(f"shadow pool of {self.pool.size} pages exhausted building a "
+                             f"{type_} shadow of gfn {gfn:#x} (no prealloc)")
+        first = gfn not in self.pool.by_gfn
+        sp = self.pool.take(type_, gfn, key)
+        self.charge(vcpu, "page_clear")                   # shadow_alloc clears the page
+        if type_ != SH_FL1:
+            self._promote(vcpu, gfn, first)
+        return sp
+
+    def _promote(self, vcpu: int, gfn: int, first: bool) -> None:
+        """A guest frame gains a page-table shadow: resync it if out of sync, and on first
+        promotion remove every writable mapping of it."""
+        if gfn in self.oos_pages:
+            self._resync(vcpu, gfn)
+        if first:
+            self._remove_write_access(vcpu, gfn)
+
+    def _get_l1(self, vcpu: int, gfn: int, create: bool) -> ShadowPage | None:
+        sp = self.pool.lookup((gfn, SH_L1))
+        if sp is None and create:
+            sp = self._new_shadow(vcpu, SH_L1, gfn, (gfn, SH_L1))
+        return sp
+
+    def _get_fl1(self, vcpu: int, base: int, dirty: bool, create: bool) -> ShadowPage | None:
+        key = (base, SH_FL1, dirty)
+        sp = self.pool.lookup(key)
+        if sp is None and create:
+            sp = self._new_shadow(vcpu, SH_FL1, base, key)
+            for idx in range(512):               # one guest entry decides all 512 entries
+                e = self._fl1e(sp, idx)
+                if e:
+                    self._set_sl1e(sp, idx, e)
+            self.charge(vcpu, "sh_prefetch_entry", 511)
+        return sp
+
+    def _get_top(self, vcpu: int, gfn: int, type_: str) -> ShadowPage:
+        key = (gfn, type_)
+        sp = self.pool.lookup(key)
+        if sp is None:
+            sp = self._new_shadow(vcpu, type_, gfn, key)
+            if type_ == SH_L2H:
+                self.xen.install(sp.smfn)
+        self.pool.pin(sp)
+        return sp
+
+    def _destroy(self, sp: ShadowPage) -> None:
+        """sh_destroy_shadow: drop every entry's reference and free the page."""
+        if sp.type in (SH_L1, SH_FL1):
+            for idx, _e in self.memory.nonzero_words(sp.smfn):
+                self._set_sl1e(sp, idx, 0)
+            if sp.oos:
+                self._drop_oos(sp.gfn)
+        else:
+            for idx, _e in self.memory.nonzero_words(sp.smfn):
+                if not (sp.type == SH_L2H and idx >= XEN_FIRST_SLOT):
+                    self._set_sl2e(sp, idx, 0)
+            self.memory.zero_frame(sp.smfn)
+        self.pool.give_back(sp)
+
+    def _unpin(self, sp: ShadowPage) -> None:
+        if sp.pinned:
+            sp.pinned = False
+            self.pool.pinned.pop(sp, None)
+            sp.refs -= 1
+            if sp.refs == 0:
+                self._destroy(sp)
+
+    # -- guest page-table writes ------------------------------------------------------------
+    def _validate_gpte(self, vcpu: int, gfn: int, idx: int) -> bool:
+        """sh_validate_guest_entry: re-propagate entry `idx` of guest frame `gfn` into every
+        shadow of it. True when a TLB flush is needed."""
+        shadows = self.pool.by_gfn.get(gfn)
+        if not shadows:
+            return False
+        word = self.memory.read_u64((self.p2m.p2m[gfn] << 12) | (idx << 3))
+        nxe = self.vs[vcpu].nxe
+        flush = False
+        for sp in list(shadows):
+            if sp.type == SH_L1:
+                flush |= self._set_sl1e(sp, idx, self._sl1e_from_guest(word, nxe, sp, idx))
+            elif not (sp.type == SH_L2H and idx >= XEN_FIRST_SLOT):
+                flush |= self._set_sl2e(sp, idx, self._sl2e_from_guest(word, nxe, vcpu, False))
+        return flush
+
+    # -- pool pressure ----------------------------------------------------------------------------
+    def _prealloc(self, vcpu: int, need: int) -> None:
+        """_shadow_prealloc: make sure `need` pages are free before building a chain."""
+        pool = self.pool
+        if len(pool.free) >= need:
+            return
+        for sp in list(pool.pinned):                      # 1: unpin LRU tops not in use
+            if not sp.users:
+                self.stats["sh.prealloc_unpin"] += 1
+                self._unpin(sp)
+                if len(pool.free) >= need:
+                    return
+        self.stats["sh.prealloc_unhook"] += 1            # 2: unhook the tops in use
+        for sp in self._tops_in_use():
+            for idx, _e in self.memory.nonzero_words(sp.smfn):
+                if not (sp.type == SH_L2H and idx >= XEN_FIRST_SLOT):
+                    self._set_sl2e(sp, idx, 0)
+        self._flush_all(vcpu)
+        if len(pool.free) < need:
+            raise GuestCrash(f"shadow pool of {pool.size} pages cannot hold the {need} pages "
+                             f"one fault needs after unpinning and unhooking everything")
+
+    def _tops_in_use(self) -> list[ShadowPage]:
+        seen: dict[int, ShadowPage] = {}
+        for vs in self.vs:
+            for sp in vs.tops:
+                if sp is not None:
+                    seen[sp.smfn] = sp
+        return list(seen.values())
+
+    # -- prefetch ---------------------------------------------------------------------------------
+    def _prefetch(self, vcpu: int, sp: ShadowPage, idx: int) -> bool:
+        """SHOPT_PREFETCH: propagate the following guest entries whose shadows are empty."""
+        sbase = sp.smfn << 12
+        gbase = self.p2m.p2m[sp.gfn] << 12
+        nxe = self.vs[vcpu].nxe
+        read = self.memory.read_u64
+        flush = False
+        n = 0
+        for j in range(idx + 1, min(idx + PREFETCH_DISTANCE, 512)):
+            if read(sbase | (j << 3)):
+                break
+            n += 1
+            e = self._sl1e_from_guest(read(gbase | (j << 3)), nxe, sp, j)
+            if e:
+                flush |= self._set_sl1e(sp, j, e)
+        if n:
+            self.charge(vcpu, "sh_prefetch_entry", n)
+        return flush
