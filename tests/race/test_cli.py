@@ -112,3 +112,23 @@ def test_the_lead_s_subcommands_are_registered_when_present():
     except ModuleNotFoundError:
         return
     assert {"boot", "list"} <= set(choices)
+
+
+def test_plain_progress_crowns_only_hypervisors_and_counts_by_simulated_time(tmp_path,
+                                                                             catalog):
+    from race.runner import SerialExecutor, run_race
+    from race.results import ResultStore
+    from race.spec import load_spec
+    race = load_spec(str(write_spec(tmp_path, SMALL)), catalog)
+    buf = io.StringIO()
+    progress = PlainProgress(buf)
+    with SerialExecutor() as ex:
+        store = ResultStore.create(tmp_path / "o", race, ex.shape(), catalog)
+        run_race(race, ex, store, progress, catalog.run_boot)
+    lines = buf.getvalue().splitlines()
+    assert not [x for x in lines if x.startswith("  native") and "(leads)" in x]
+    assert [x for x in lines if x.startswith("  paravirt") and "(leads)" in x]
+    tally = progress.tally
+    assert tally.leader["multiuser"][1].startswith("paravirt(shared) 1v s")
+    assert tally.reference["multiuser"][1].startswith("native 1v")
+    assert "done 10 · DNF 2 · broken 0 · retried 0 · 12/12" in lines[-1]
