@@ -45,6 +45,7 @@ def build(results: Results, baseline: Results | None = None,
     doc["grid"] = _grid(b)
     doc["costs"] = [_costs(b, p) for p in b.points]
     doc["blame"] = b.blame()
+    doc["time"] = _time_lines(b)
     doc["header"] = _header(b)
     doc["verdict"] = _verdict(b, doc)
     if baseline is not None:
@@ -97,6 +98,22 @@ def _costs(b: Board, point: tuple) -> dict:
             rows.append({"name": prefix + n, "kind": section, "values": vals,
                          "key": section != "counters" or bool(KEY_COUNTERS.search(n))})
     return {"point": b.point_name(point), "jobs": [j.label for j in jobs], "rows": rows}
+
+
+def _time_lines(b: Board) -> list[str]:
+    """systemd-analyze `time`, per job that finished every seed, fastest first."""
+    if not b.ladder:
+        return []
+    lines = []
+    for j in b.jobs.values():
+        total = b.stat(j, b.ladder[-1]).median
+        if not j.eligible or total is None:
+            continue
+        steps = " + ".join(f"{_num(b.phase(j, i).median, b.has_mhz())} ({m})"
+                           for i, m in enumerate(b.ladder) if b.phase(j, i).median)
+        lines.append((total, f"{j.name}: {b.ladder[-1]} reached after "
+                             f"{_num(total, b.has_mhz())} = {steps}"))
+    return [text for _, text in sorted(lines)]
 
 
 def _header(b: Board) -> dict:
@@ -208,7 +225,9 @@ def render(doc: dict, fmt: str = "terminal") -> str:
                                        else f" — {section['point']}")
         head(title + " (median over seeds that finished; every counter in --format json)")
         out.append(_cost_table(section, tf, md))
-    head("Blame (costliest phases)")
+    head("Time and blame (costliest phases)")
+    out += [f"- {line}" if md else line for line in doc["time"]]
+    out.append("")
     out.append(tabulate([[i + 1, _num(r["us"], unit_of),
                           f"{r['share']:.0%}" if r["share"] else "", r["job"],
                           f"{r['from']} → {r['phase']}"] for i, r in enumerate(doc["blame"])],

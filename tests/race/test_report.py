@@ -178,3 +178,15 @@ def test_the_timeline_is_an_svg_with_a_bar_per_job(tmp_path, catalog):
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg
     for job in Board(res).jobs:
         assert job.split("(")[0] in svg
+
+
+def test_an_interrupted_race_reports_what_it_has_and_what_is_queued(tmp_path, catalog):
+    from test_runner_serial import Recorder
+    race = load_spec(str(write_spec(tmp_path, SPEC)), catalog)
+    with pytest.raises(KeyboardInterrupt):
+        run_serial(race, catalog, tmp_path / "out", Recorder(stop_after=3))
+    doc = build(load_results(tmp_path / "out"))
+    assert doc["verdict"].endswith("21 not run (interrupted)")
+    words = {w for j in doc["grid"]["jobs"] for c in j["cells"] for w in c["words"]}
+    assert "queued" in words
+    assert "queued" in render(doc, "terminal")
