@@ -16,71 +16,121 @@ the frame table; run at milestones, or after every hypercall with `debug_audit`.
 """
 from __future__ import annotations
 
+import gc
 from collections import Counter
+from itertools import compress
+from operator import attrgetter
 
 from .frames import DOMID_GUEST, PGT, PT_TYPES
-from .validate import FIRST_XEN_SLOT, P, RW, entry_mfn
+from .validate import FIRST_XEN_SLOT, P, PADDR_MASK, RW
 from .xenarea import HYPERVISOR_VIRT_START
 
 
+def _contribution(eng, mfn: int, info, out: list[str]):
+    """(targets, rw targets) of one validated table, cached by its exact contents."""
+    words = tuple(eng.memory.frame_words(mfn))
+    key = (words, info.type, info.xen_l2)
+    hit = eng.audit_cache.get(mfn)
+    if hit is not None and hit[0] == key:
+        return hit[1], hit[2]
+    if info.type == PGT.L3:
+        used = words[:4]
+    elif info.xen_l2:
+        used = words[:FIRST_XEN_SLOT]
+    else:
+        used = words
+    present = [e for e in used if e & P]
+    targets = [(e & PADDR_MASK) >> 12 for e in present]
+    rw = [(e & PADDR_MASK) >> 12 for e in present if e & RW] if info.type == PGT.L1 else []
+    foreign = set(targets) - eng.frames.guest_mfns
+    if foreign:
+        out.append(f"I3: {info.type.name} mfn {mfn:#x} maps mfn {min(foreign):#x}, which is "
+                   f"not the domain's")
+        return [], []
+    eng.audit_cache[mfn] = (key, targets, rw)
+    return targets, rw
+
+
 def _holders(eng, out: list[str]):
-    frames, mem = eng.frames, eng.memory
-    count, tcount, need = Counter(), Counter(), {}
+    """General and type counts implied by the holders, and the type each typed holder
+    needs of its target: {(type, pae_xen_l2): set of mfns}."""
+    frames, pages = eng.frames, eng.frames.pages
+    count, tcount = Counter(), Counter()
+    need: dict[tuple[PGT, bool], set[int]] = {}
 
-    def typed(target: int, type_: PGT, xen_l2: bool, who: str) -> None:
-        count[target] += 1
-        tcount[target] += 1
-        need.setdefault(target, (type_, xen_l2, who))
+    def typed(targets, type_: PGT, xen_l2: bool) -> None:
+        count.update(targets)
+        tcount.update(targets)
+        need.setdefault((type_, xen_l2), set()).update(targets)
 
-    for mfn in sorted(frames.pt_frames):
-        info = frames.pages[mfn]
+    live = set()
+    for mfn in frames.pt_frames:
+        info = pages[mfn]
         if not info.validated or info.tcount == 0:
             out.append(f"I2: mfn {mfn:#x} listed as a page table but {info!r}")
             continue
-        limit = 4 if info.type == PGT.L3 else (FIRST_XEN_SLOT if info.xen_l2 else 512)
-        for i, e in mem.nonzero_words(mfn):
-            if i >= limit or not e & P:
-                continue
-            target = entry_mfn(e)
-            owner = frames.owner_of(target)
-            if owner != DOMID_GUEST:
-                out.append(f"I3: {info.type.name} mfn {mfn:#x} entry {i} = {e:#x} names mfn "
-                           f"{target:#x} owned by {owner}")
-                continue
-            if info.type == PGT.L1:
-                count[target] += 1
-                if e & RW:
-                    tcount[target] += 1
-                    need.setdefault(target, (PGT.WRITABLE, False, f"RW L1e in {mfn:#x}"))
-            elif info.type == PGT.L2:
-                typed(target, PGT.L1, False, f"L2 {mfn:#x}[{i}]")
-            else:
-                typed(target, PGT.L2, i == 3, f"L3 {mfn:#x}[{i}]")
-    for mfn, info in frames.pages.items():
-        if info.pinned:
-            typed(mfn, info.type, info.xen_l2, "pin")
-    for v, b in enumerate(eng.base):
-        if b is not None:
-            typed(b, PGT.L3, False, f"VCPU {v} base")
-    for v, gdt in enumerate(eng.gdt):
-        for m in gdt:
-            typed(m, PGT.SEG_DESC, False, f"VCPU {v} GDT")
+        live.add(mfn)
+        targets, rw = _contribution(eng, mfn, info, out)
+        if info.type == PGT.L1:
+            count.update(targets)
+            tcount.update(rw)
+            need.setdefault((PGT.WRITABLE, False), set()).update(rw)
+        elif info.type == PGT.L2:
+            typed(targets, PGT.L1, False)
+        else:
+            typed(targets[:3], PGT.L2, False)
+            typed(targets[3:], PGT.L2, True)
+    for stale in set(eng.audit_cache) - live:
+        del eng.audit_cache[stale]
+    for mfn in compress(pages.keys(), map(attrgetter("pinned"), pages.values())):
+        info = pages[mfn]
+        typed([mfn], info.type, info.xen_l2)
+    typed([b for b in eng.base if b is not None], PGT.L3, False)
+    for gdt in eng.gdt:
+        typed(list(gdt), PGT.SEG_DESC, False)
     return count, tcount, need
 
 
 def _check_counts(eng, out: list[str]) -> None:
+    """Counts, type counts and types of every frame against what the holders imply, as
+    C-level dictionary comparisons (a type is only constrained while the frame is typed)."""
     count, tcount, need = _holders(eng, out)
-    for mfn, info in eng.frames.pages.items():
-        if info.owner != DOMID_GUEST:
-            continue
-        want = count[mfn] + 1
-        if info.count != want or info.tcount != tcount[mfn]:
-            out.append(f"I2: mfn {mfn:#x} has count {info.count} / type count {info.tcount}, "
-                       f"holders say {want} / {tcount[mfn]} ({info!r})")
-        n = need.get(mfn)
-        if n and (info.type != n[0] or info.xen_l2 != n[1]):
-            out.append(f"I1/I2: mfn {mfn:#x} is {info!r} but {n[2]} needs "
-                       f"{n[0].name}{'|pae_xen_l2' if n[1] else ''}")
+    pages = eng.frames.pages
+    keys, values = list(pages.keys()), list(pages.values())
+    want: dict[int, tuple] = {}
+    for key, mfns in need.items():
+        want.update(dict.fromkeys(mfns, key))
+    if len(want) != sum(len(m) for m in need.values()):
+        names = list(need)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                for mfn in sorted(need[a] & need[b])[:3]:
+                    out.append(f"I1/I2: mfn {mfn:#x} is needed as {a[0].name} and as "
+                               f"{b[0].name} at once")
+    actual = dict(zip(keys, map(attrgetter("count"), values)))
+    expect = dict.fromkeys(keys, 1)                       # the allocation reference
+    expect.update(zip(count.keys(), map((1).__add__, count.values())))
+    _diff(out, "count", actual, expect)
+    actual = dict(zip(keys, map(attrgetter("tcount"), values)))
+    expect = dict.fromkeys(keys, 0)
+    expect.update(tcount)
+    _diff(out, "type count", actual, expect)
+    types = dict(zip(keys, map(attrgetter("type", "xen_l2"), values)))
+    have = {m: types.get(m) for m in want}
+    if have != want:
+        for mfn in sorted(m for m in want if have[m] != want[m])[:10]:
+            t, x = want[mfn]
+            out.append(f"I1/I2: mfn {mfn:#x} is {pages[mfn]!r} but a holder needs "
+                       f"{t.name}{'|pae_xen_l2' if x else ''}")
+
+
+def _diff(out: list[str], what: str, actual: dict, expect: dict) -> None:
+    if actual == expect:
+        return
+    bad = sorted(m for m in set(actual) | set(expect) if actual.get(m) != expect.get(m))
+    for mfn in bad[:10]:
+        out.append(f"I2: mfn {mfn:#x} has {what} {actual.get(mfn)}, its holders make "
+                   f"{expect.get(mfn)}")
 
 
 def _check_tlbs(eng, out: list[str]) -> None:
@@ -116,6 +166,16 @@ def _check_pdptes(eng, out: list[str]) -> None:
 
 
 def audit_domain(eng) -> list[str]:
+    was = gc.isenabled()
+    gc.disable()                   # the audit allocates ~10^5 tuples: no heap-wide GC passes
+    try:
+        return _audit(eng)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _audit(eng) -> list[str]:
     out = list(eng.integrity)
     _check_counts(eng, out)
     _check_tlbs(eng, out)

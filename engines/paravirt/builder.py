@@ -65,6 +65,17 @@ def _pages(nbytes: int) -> int:
     return (nbytes + 4095) >> 12
 
 
+def _write_u32_array(memory, base: int, entries: dict[int, int]) -> None:
+    """Store 4-byte entries (index -> value) of an array at machine address `base`,
+    pairing neighbours into one 8-byte store."""
+    words: dict[int, int] = {}
+    for i, value in entries.items():
+        words[i >> 1] = words.get(i >> 1, 0) | (value << (32 * (i & 1)))
+    for w, value in words.items():
+        if value:
+            memory.write_u64(base + 8 * w, value)
+
+
 def build_memory(memory, frames: FrameTable, pool: XenPool, nr_pages: int, seed: int):
     """Allocate the M2P and the domain's frames; return (p2m, m2p_first, m2p_l1s)."""
     total = memory.size >> 12
@@ -82,9 +93,8 @@ def build_memory(memory, frames: FrameTable, pool: XenPool, nr_pages: int, seed:
         m2p_l1s.append(l1)
     rng = random.Random(f"pv-domain-{seed}")
     p2m = rng.sample(range(DOMAIN_FIRST_MFN, total), nr_pages)
-    for pfn, mfn in enumerate(p2m):
-        frames.add(mfn, DOMID_GUEST)
-        memory.write_u32((m2p_first << 12) + 4 * mfn, pfn)
+    frames.add_domain_frames(p2m, DOMID_GUEST)
+    _write_u32_array(memory, m2p_first << 12, {mfn: pfn for pfn, mfn in enumerate(p2m)})
     return p2m, m2p_first, m2p_l1s
 
 
@@ -109,8 +119,9 @@ def build_domain(memory, frames: FrameTable, pool: XenPool, nr_pages: int, seed:
     if region_pages > nr_pages or (v_end - PAGE_OFFSET) > (428 << 21):
         raise ValueError(f"domain of {nr_pages} pages too small for its bootstrap region")
     write = memory.write_u64
-    for pfn in range(nr_pages):      # the P2M list, 4-byte entries, guest-owned
-        memory.write_u32((p2m[p2m_pfn + (pfn * 4 >> 12)] << 12) + (pfn * 4 & 0xFFF), p2m[pfn])
+    for i in range(p2m_pages):       # the P2M list, 4-byte entries, guest-owned
+        chunk = p2m[i * 1024:(i + 1) * 1024]
+        _write_u32_array(memory, p2m[p2m_pfn + i] << 12, dict(enumerate(chunk)))
     l3, l2s = p2m[pt_pfn], [p2m[pt_pfn + 1 + i] for i in range(4)]
     l1s = [p2m[pt_pfn + 5 + i] for i in range(nr_l1)]
     pt_pfns = set(range(pt_pfn, pt_pfn + 5 + nr_l1))

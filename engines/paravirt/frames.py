@@ -69,6 +69,30 @@ class PageInfo:
                 f"{self.type.name}x{self.tcount} {flags}>")
 
 
+class _Pages(dict):
+    """mfn -> PageInfo. The domain's frames materialise on first use with the state the
+    builder gives every frame (owner the domain, count 1 for the allocation, no type), so a
+    512 MiB domain does not cost 131,072 objects up front."""
+
+    def __init__(self, lazy_owner: dict[int, int]):
+        super().__init__()
+        self.lazy_owner = lazy_owner
+
+    def __missing__(self, mfn: int) -> PageInfo:
+        owner = self.lazy_owner.get(mfn)
+        if owner is None:
+            raise KeyError(mfn)
+        info = self[mfn] = PageInfo(mfn, owner)
+        info.count = 1
+        return info
+
+    def get(self, mfn, default=None):
+        info = dict.get(self, mfn)
+        if info is None and mfn in self.lazy_owner:
+            return self[mfn]
+        return default if info is None else info
+
+
 class FrameTable:
     """The frame table plus Xen's TLB-flush clock.
 
@@ -78,7 +102,9 @@ class FrameTable:
     """
 
     def __init__(self):
-        self.pages: dict[int, PageInfo] = {}
+        self.guest_mfns: set[int] = set()     # every frame of the domain
+        self._lazy: dict[int, int] = {}
+        self.pages: dict[int, PageInfo] = _Pages(self._lazy)
         self.pt_frames: set[int] = set()     # frames with a page-table type count > 0
         self.tlbclock = 1                    # tlbflush_clock
         self.alloc_page_type: Callable[[PageInfo, PGT], bool] = lambda i, t: True
@@ -91,6 +117,12 @@ class FrameTable:
         info.count = 1 if allocated else 0      # the allocation reference (PGC_allocated)
         return info
 
+    def add_domain_frames(self, mfns, owner: int) -> None:
+        """Frames allocated to a domain (count 1, no type), materialised lazily."""
+        for mfn in mfns:
+            self._lazy[mfn] = owner
+        self.guest_mfns.update(mfns)
+
     def owner_of(self, mfn: int) -> int | None:
         info = self.pages.get(mfn)
         return None if info is None else info.owner
@@ -98,8 +130,11 @@ class FrameTable:
     # -- general references -----------------------------------------------------------------
     def get_page(self, mfn: int, dom: int) -> bool:
         """get_page: refuse a frame the domain does not own, or a count overflow."""
-        info = self.pages.get(mfn)
-        if info is None or info.owner != dom or info.count >= PGC_COUNT_MAX:
+        try:
+            info = self.pages[mfn]
+        except (KeyError, TypeError):
+            return False
+        if info.owner != dom or info.count >= PGC_COUNT_MAX:
             return False
         info.count += 1
         return True
@@ -119,7 +154,7 @@ class FrameTable:
             return False
         if info.tcount == 0:
             if info.type != type_ or info.xen_l2 != xen_l2 or not info.validated:
-                if info.type != type_:
+                if info.type != type_ and info.stamp:
                     self.flush_stale(info)       # stale TLB entries die before the new type
                 info.type, info.xen_l2, info.validated = type_, xen_l2, False
             if not info.validated:

@@ -32,9 +32,14 @@ GNTTAB = 0x800
 L1_DISALLOW_MASK = BASE_DISALLOW_MASK | GNTTAB
 L2_DISALLOW_MASK = BASE_DISALLOW_MASK
 L3_DISALLOW_MASK = 0xFFFFF1E6
+L1_DISALLOW_RAW = 0x7FFFF00000000980            # the masks above on raw 64-bit entries
+L2_DISALLOW_RAW = 0x7FFFF00000000180
 FASTPATH_WHITELIST = (1 << 63) | 0xE00 | 0x100 | 0x40 | 0x20 | 0x4
 FIRST_XEN_SLOT = 428                             # L2_PAGETABLE_FIRST_XEN_SLOT & 511
 L3_LIMIT_MFN = 0x100000                          # below 4 GiB without extended-cr3
+
+
+_dget = dict.get      # the frame table without materialising (fast paths fall back)
 
 
 def pte_flags(entry: int) -> int:
@@ -76,6 +81,13 @@ class Validator:
     def get_page_from_l1e(self, e: int) -> bool:
         if not e & P:
             return True
+        if not e & L1_DISALLOW_RAW and e & RW:       # fast path: an in-use writable frame
+            info = _dget(self.frames.pages, (e & PADDR_MASK) >> 12)
+            if (info is not None and info.owner == self.dom and info.type == PGT.WRITABLE
+                    and info.tcount and info.tcount < 0xFFFF and info.count < 0x1FFFFFFF):
+                info.count += 1
+                info.tcount += 1
+                return True
         if pte_flags(e) & L1_DISALLOW_MASK:
             return self._fail(f"L1e {e:#018x}: disallowed flags "
                               f"{pte_flags(e) & L1_DISALLOW_MASK:#x}")
@@ -93,6 +105,12 @@ class Validator:
         if not e & P:
             return
         mfn = entry_mfn(e)
+        if e & RW:                                   # fast path: other writable holders
+            info = _dget(self.frames.pages, mfn)
+            if info is not None and info.tcount > 1 and info.count > 1:
+                info.tcount -= 1
+                info.count -= 1
+                return
         if e & RW:
             self.frames.put_page_type(mfn)
         self.frames.put_page(mfn)
@@ -100,6 +118,13 @@ class Validator:
     def get_page_from_l2e(self, e: int) -> bool:
         if not e & P:
             return True
+        if not e & L2_DISALLOW_RAW:                  # fast path: an L1 already in use
+            info = _dget(self.frames.pages, (e & PADDR_MASK) >> 12)
+            if (info is not None and info.owner == self.dom and info.type == PGT.L1
+                    and info.tcount and info.tcount < 0xFFFF and info.count < 0x1FFFFFFF):
+                info.count += 1
+                info.tcount += 1
+                return True
         if pte_flags(e) & L2_DISALLOW_MASK:
             return self._fail(f"L2e {e:#018x}: disallowed flags "
                               f"{pte_flags(e) & L2_DISALLOW_MASK:#x} (no PSE for PV)")
@@ -112,6 +137,11 @@ class Validator:
 
     def put_page_from_l2e(self, e: int) -> None:
         if e & P:
+            info = _dget(self.frames.pages, (e & PADDR_MASK) >> 12)
+            if info is not None and info.tcount > 1 and info.count > 1:   # fast path
+                info.tcount -= 1
+                info.count -= 1
+                return
             self.frames.put_page_and_type(entry_mfn(e))
 
     def get_page_from_l3e(self, e: int, slot: int) -> bool:
@@ -134,8 +164,10 @@ class Validator:
             self.frames.put_page_and_type(entry_mfn(e))
 
     # -- whole tables -----------------------------------------------------------------------
-    def _entries(self, mfn: int, limit: int = 512) -> list[tuple[int, int]]:
-        return [(i, e) for i, e in self.memory.nonzero_words(mfn) if i < limit]
+    def _entries(self, mfn: int, limit: int = 512) -> list[int]:
+        """The present entries of a table, slots below `limit`."""
+        words = self.memory.frame_words(mfn)
+        return [e for e in (words[:limit] if limit < 512 else words) if e & P]
 
     def alloc_page_type(self, info: PageInfo, type_: PGT) -> bool:
         self.charge("pv_validate_table", 1)
@@ -157,15 +189,14 @@ class Validator:
     def _alloc_table(self, mfn: int, get: Callable[[int], bool], put: Callable[[int], None],
                      limit: int) -> bool:
         done: list[int] = []
-        for _i, e in self._entries(mfn, limit):
-            if not e & P:
-                continue
-            self.charge("pv_validate_entry", 1)
+        for e in self._entries(mfn, limit):
             if not get(e):
+                self.charge("pv_validate_entry", len(done) + 1)
                 for old in reversed(done):     # XSA-58: release exactly what was taken
                     put(old)
                 return False
             done.append(e)
+        self.charge("pv_validate_entry", len(done))
         return True
 
     def _alloc_l3(self, info: PageInfo) -> bool:
@@ -174,8 +205,8 @@ class Validator:
                               f"enabled VMASST_TYPE_pae_extended_cr3")
         entries = [self.memory.read_u64((info.mfn << 12) + 8 * i) for i in range(4)]
         done = []
+        self.charge("pv_validate_entry", 4)
         for slot, e in enumerate(entries):
-            self.charge("pv_validate_entry", 1)
             if not self.get_page_from_l3e(e, slot):
                 for old in reversed(done):
                     self.put_page_from_l3e(old)
@@ -193,13 +224,13 @@ class Validator:
     def free_page_type(self, info: PageInfo, type_: PGT) -> None:
         mfn = info.mfn
         if type_ == PGT.L1:
-            for _i, e in self._entries(mfn):
+            for e in self._entries(mfn):
                 self.put_page_from_l1e(e)
         elif type_ == PGT.L2:
-            for _i, e in self._entries(mfn, FIRST_XEN_SLOT if info.xen_l2 else 512):
+            for e in self._entries(mfn, FIRST_XEN_SLOT if info.xen_l2 else 512):
                 self.put_page_from_l2e(e)
         elif type_ == PGT.L3:
-            for _i, e in self._entries(mfn, 4):
+            for e in self._entries(mfn, 4):
                 self.put_page_from_l3e(e)
         self.hooks.table_freed(info)
 

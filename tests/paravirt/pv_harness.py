@@ -30,8 +30,8 @@ def make_engine(strategy="per-pagetable", vcpus=2, memory_mib=16, machine_mib=25
 
 class MiniGuest:
     def __init__(self, strategy="per-pagetable", vcpus=2, ptwr=True, extended_cr3=True,
-                 **opts):
-        self.e = make_engine(strategy, vcpus, ptwr=ptwr, **opts)
+                 machine_mib=256, **opts):
+        self.e = make_engine(strategy, vcpus, machine_mib=machine_mib, ptwr=ptwr, **opts)
         self.boot = self.e.boot_info()
         self.si = self.boot.start_info
         self.next_pfn = self.si.first_free_pfn
@@ -97,10 +97,10 @@ class MiniGuest:
         reqs = [MmuUpdate(ptr | MMU_NORMAL_PT_UPDATE, val) for ptr, val in pairs]
         return self.hc(v, Hypercall.mmu_update, reqs, len(reqs), done, DOMID_SELF)
 
-    def new_pgd(self, v=0):
+    def new_pgd(self, v=0, l3=None, pin=True):
         """pgd_alloc + pin: an L3, 3 user L2s and (per-pagetable) a private kernel L2 that
         copies the boot kernel L2's guest slots; returns (l3 pfn, [l2 pfns])."""
-        l3 = self.alloc()
+        l3 = self.alloc() if l3 is None else l3
         l2s = [self.alloc() for _ in range(3)]
         if self.boot.shared_kernel_pmd:
             kl2_mfn = self.kernel_l2
@@ -116,8 +116,9 @@ class MiniGuest:
             self.write(v, self.kva(l3) + 8 * i, (m << 12) | P)
         for pfn in l2s + [l3]:
             self.make_ro(v, pfn)
-        assert self.ext(v, MMUExt.PIN_L3_TABLE, self.p2m(l3)) == 0, \
-            self.e.validator.last_error
+        if pin:
+            assert self.ext(v, MMUExt.PIN_L3_TABLE, self.p2m(l3)) == 0, \
+                self.e.validator.last_error
         return l3, l2s
 
     def new_l1(self, v, l2_pfn, slot, user=True):
