@@ -20,8 +20,9 @@ pages when CR4.PSE, no NX, PSE-36 frame bits), shown by tests at the walker leve
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from engines.hw import LARGE_PDE_EXTRA_RESERVED, pde_pte_reserved, pdpte_reserved
 
@@ -49,6 +50,15 @@ class PagingMode:
     def span(self, level: int) -> int:
         """Bytes of linear address space one entry at `level` covers."""
         return 1 << self.shifts[level]
+
+    @functools.lru_cache(maxsize=None)
+    def masks(self, maxphyaddr: int, nxe: bool) -> tuple[tuple[int, ...], int, int]:
+        """Reserved-bit masks of a present entry per level, of a large leaf, and the mask
+        of a table address (what `reserved` and `table_gpa` compute), cached."""
+        small = tuple(self.reserved(lv, (1 << 64) - 1, False, maxphyaddr, nxe) if lv else 0
+                      for lv in range(self.levels + 1))
+        large = self.reserved(self.large_level, (1 << 64) - 1, True, maxphyaddr, nxe)
+        return small, large, self.table_gpa((1 << 64) - 1, maxphyaddr)
 
     def frame_mask(self, maxphyaddr: int) -> int:
         return ((1 << maxphyaddr) - 1) & ~0xFFF
@@ -92,8 +102,7 @@ TWO_LEVEL = PagingMode("2-level", levels=2, entry_bytes=4, entries=(0, 1024, 102
                        has_nx=False)
 
 
-@dataclass(frozen=True)
-class GuestWalk:
+class GuestWalk(NamedTuple):
     """What a guest walk found: the entries read from the top down (after any A/D bits the
     walk set), their guest-physical addresses (None for a PDPTE register), the level of the
     last entry read, whether it is a leaf, the fault (None on success) and, on success, the
@@ -123,6 +132,13 @@ ReadFn = Callable[[int], int]
 SetBitsFn = Callable[[int, int], None]
 
 
+def _fault(mode, va, access, entries, gpas, level, code, nxe, refs) -> GuestWalk:
+    if access & A_FETCH and nxe:
+        code |= PFEC_ID
+    code |= access & (A_WRITE | A_USER)
+    return GuestWalk(va, access, tuple(entries), tuple(gpas), level, code, refs=refs)
+
+
 def guest_walk(mode: PagingMode, va: int, access: int, *, top, read: ReadFn,
                set_bits: SetBitsFn | None, wp: bool, nxe: bool, pse: bool = True,
                maxphyaddr: int = 36) -> GuestWalk:
@@ -130,58 +146,56 @@ def guest_walk(mode: PagingMode, va: int, access: int, *, top, read: ReadFn,
     or the CR3 value (2-level). `read(gpa)` reads one entry; `set_bits(gpa, bits)` ORs A/D
     bits into one (None: a pure walk that writes nothing, for audits)."""
     nxe = nxe and mode.has_nx
+    small, large_mask, tmask = mode.masks(maxphyaddr, nxe)
     entries: list[int] = []
     gpas: list[int | None] = []
     refs = 0
-
-    def fault(code: int) -> GuestWalk:
-        if access & A_FETCH and nxe:
-            code |= PFEC_ID
-        code |= access & (A_WRITE | A_USER)
-        return GuestWalk(va, access, tuple(entries), tuple(gpas), level, code, refs=refs)
-
     level = mode.levels
+    shifts, sizes, ebytes = mode.shifts, mode.entries, mode.entry_bytes
     if mode.top_in_registers:
-        e = top[mode.index(va, level)]
+        e = top[(va >> shifts[level]) & (sizes[level] - 1)]
         entries.append(e)
         gpas.append(None)
         if not e & F_P:
-            return fault(0)
-        table = mode.table_gpa(e, maxphyaddr)
+            return _fault(mode, va, access, entries, gpas, level, 0, nxe, refs)
+        table = e & tmask
         level -= 1
     else:
         table = top & 0xFFFFF000
+    large_level = mode.large_level if pse or mode.name == "pae" else 0
     writable = user = True
     nx = False
     while True:
-        gpa = table + mode.index(va, level) * mode.entry_bytes
+        gpa = table + ((va >> shifts[level]) & (sizes[level] - 1)) * ebytes
         e = read(gpa)
         refs += 1
         entries.append(e)
         gpas.append(gpa)
         if not e & F_P:
-            return fault(0)
-        large = level == mode.large_level and bool(e & F_PS) and (pse or mode.name == "pae")
-        if mode.reserved(level, e, large, maxphyaddr, nxe):
-            return fault(PFEC_P | PFEC_RSVD)
-        writable = writable and bool(e & F_RW)
-        user = user and bool(e & F_US)
-        nx = nx or (nxe and bool(e & F_XD))
+            return _fault(mode, va, access, entries, gpas, level, 0, nxe, refs)
+        large = level == large_level and e & F_PS
+        if e & (large_mask if large else small[level]):
+            return _fault(mode, va, access, entries, gpas, level, PFEC_P | PFEC_RSVD, nxe,
+                          refs)
+        writable = writable and e & F_RW
+        user = user and e & F_US
+        if nxe and e & F_XD:
+            nx = True
         if level == 1 or large:
             break
         if not e & F_A and set_bits is not None:       # a used non-leaf entry gets A
             set_bits(gpa, F_A)
             entries[-1] = e | F_A
-        table = mode.table_gpa(e, maxphyaddr)
+        table = e & tmask
         level -= 1
     if ((access & A_USER and not user)
             or (access & A_WRITE and not writable and (access & A_USER or wp))
             or (access & A_FETCH and nx)):
-        return fault(PFEC_P)
+        return _fault(mode, va, access, entries, gpas, level, PFEC_P, nxe, refs)
     want = F_A | F_D if access & A_WRITE else F_A
     if e & want != want and set_bits is not None:
         set_bits(gpa, want)
         entries[-1] = e | want
-    gfn = mode.leaf_gfn(e, level, va, maxphyaddr)
-    return GuestWalk(va, access, tuple(entries), tuple(gpas), level, None, gfn, writable,
-                     user, nx, refs)
+    gfn = (e & tmask) >> 12 if level == 1 else mode.leaf_gfn(e, level, va, maxphyaddr)
+    return GuestWalk(va, access, tuple(entries), tuple(gpas), level, None, gfn,
+                     bool(writable), bool(user), nx, refs)
