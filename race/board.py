@@ -131,17 +131,24 @@ class Board:
         contenders = [j for j in finishers if not j.reference] or finishers
         ranked = sorted((self.stat(j, milestone).median, j.name) for j in contenders)
         ref = next((j for j in jobs if j.reference), None)
-        out = {"milestone": milestone, "winner": None, "time_us": None, "runner_up": None,
-               "margin": None, "reference": ref.name if ref else None,
+        out = {"milestone": milestone, "winner": None, "tie": [], "time_us": None,
+               "runner_up": None, "margin": None, "reference": ref.name if ref else None,
                "reference_us": self.stat(ref, milestone).median if ref else None,
                "vs_reference": None}
-        if ranked:
-            out.update(winner=ranked[0][1], time_us=ranked[0][0])
+        if not ranked:
+            return out
+        best = ranked[0][0]
+        tied = [name for t, name in ranked if t == best]   # the simulation is exact
+        out["time_us"] = best
+        if len(tied) > 1:
+            out["tie"] = tied
+        else:
+            out["winner"] = tied[0]
             if len(ranked) > 1:
-                out.update(runner_up=ranked[1][1], margin=ranked[1][0] / ranked[0][0] - 1
-                           if ranked[0][0] else None)
-            if out["reference_us"] and out["winner"] != out["reference"]:
-                out["vs_reference"] = ranked[0][0] / out["reference_us"] - 1
+                out.update(runner_up=ranked[1][1],
+                           margin=ranked[1][0] / best - 1 if best else None)
+        if out["reference_us"] and out["reference"] not in tied:
+            out["vs_reference"] = best / out["reference_us"] - 1
         return out
 
     def point_name(self, point: tuple) -> str:

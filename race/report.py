@@ -31,6 +31,7 @@ from .results import Results
 FORMATS = ("terminal", "markdown", "json")
 # counters shown in the cost tables (all of them are in --format json): hypercalls, traps,
 # bounces, emulated writes, hidden and true faults, TLB misses and flushes, validation...
+TOP_CATEGORIES = 12       # cycle categories shown one per row; the rest summed
 KEY_COUNTERS = re.compile(r"hypercall|trap|bounce|emulat|^sh_|fault|tlb_miss|flush|invlpg|"
                           r"cr3|ipi|valid|unshadow|resync|ptwr|pin|^pf_|walks")
 
@@ -69,6 +70,7 @@ def _leader_rows(b: Board, point: tuple) -> list[dict]:
         row = b.race_at(point, m)
         for k in ("winner", "runner_up", "reference"):       # within a point, labels suffice
             row[k] = b.jobs[row[k]].label if row[k] else None
+        row["tie"] = [b.jobs[n].label for n in row["tie"]]
         rows.append({**row, "jobs": jobs})
     return rows
 
@@ -91,12 +93,18 @@ def _costs(b: Board, point: tuple) -> dict:
         names = sorted({n for v in per_job.values() for n in v},
                        key=lambda n: (-max(v.get(n, 0) for v in per_job.values()), n)
                        if section == "cycle_breakdown" else n)
-        for n in names:
+        for i, n in enumerate(names):
             vals = {lbl: v.get(n) for lbl, v in per_job.items()}
             if section != "cycle_breakdown" and not any(vals.values()):
                 continue
-            rows.append({"name": prefix + n, "kind": section, "values": vals,
-                         "key": section != "counters" or bool(KEY_COUNTERS.search(n))})
+            key = (i < TOP_CATEGORIES if section == "cycle_breakdown" else
+                   section == "gauges" or bool(KEY_COUNTERS.search(n)))
+            rows.append({"name": prefix + n, "kind": section, "values": vals, "key": key})
+        if section == "cycle_breakdown" and len(names) > TOP_CATEGORIES:
+            rest = {lbl: sum(v.get(n, 0) for n in names[TOP_CATEGORIES:]) or None
+                    for lbl, v in per_job.items()}
+            rows.append({"name": f"cycles: {len(names) - TOP_CATEGORIES} others",
+                         "kind": section, "values": rest, "key": True, "sum": True})
     return {"point": b.point_name(point), "jobs": [j.label for j in jobs], "rows": rows}
 
 
@@ -136,6 +144,7 @@ def _header(b: Board) -> dict:
 
 
 def _verdict(b: Board, doc: dict) -> str:
+    """The last milestone's winner per point first, then who won most milestones."""
     wins, total, parts = collections.Counter(), 0, []
     for section in doc["leaderboard"]:
         for row in section["rows"]:
@@ -143,24 +152,40 @@ def _verdict(b: Board, doc: dict) -> str:
             if row["winner"]:
                 wins[row["winner"]] += 1
         last = section["rows"][-1] if section["rows"] else None
-        if last and last["winner"]:
-            where = "" if section["point"] == "all" else f" {section['point']}"
-            margin = f", +{last['margin']:.1%} over {last['runner_up']}" \
+        if not last:
+            continue
+        where = "" if section["point"] == "all" else f" {section['point']}"
+        if last["winner"]:
+            margin = f", {_pct(last['margin'])} over {last['runner_up']}" \
                 if last["margin"] is not None else ""
-            ref = f", {last['vs_reference']:+.1%} vs {last['reference']}" \
+            ref = f", {_pct(last['vs_reference'])} vs {last['reference']}" \
                 if last["vs_reference"] is not None else ""
             parts.append(f"{last['milestone']}{where}: {last['winner']}{margin}{ref}")
+        elif last["tie"]:
+            parts.append(f"{last['milestone']}{where}: tie of {', '.join(last['tie'])}")
+        else:
+            parts.append(f"{last['milestone']}{where}: no finisher")
+    if wins:
+        top, n = wins.most_common(1)[0]
+        parts.append(f"most milestones: {top} ({n}/{total})")
     h = doc["header"]
     c = h["counts"]
-    lead = (f"{wins.most_common(1)[0][0]} wins {wins.most_common(1)[0][1]}/{total} milestones"
-            if wins else "no job finished every seed")
     retried = sum(j["retried"] for j in doc["grid"]["jobs"])
     tail = (f"{c.get('ok', 0)} ok, {c.get('dnf', 0)} DNF, {c.get('broken', 0)} broken, "
             f"{retried} retried")
     missing = h["boots"] - sum(c.values())
     if missing:
         tail += f", {missing} not run ({h['status']})"
-    return f"race {h['race']}: {lead}; " + "; ".join(parts + [tail])
+    return f"race {h['race']}: " + "; ".join(parts + [tail])
+
+
+def _pct(x: float | None) -> str:
+    """A relative difference: +4.3%, +0.012% when small, x2.8 when large."""
+    if x is None:
+        return ""
+    if x >= 1:
+        return f"×{1 + x:.1f}"
+    return f"{x:+.3%}" if abs(x) < 0.001 else f"{x:+.1%}"
 
 
 def _footnotes(b: Board) -> list[str]:
@@ -278,17 +303,17 @@ def _leader_table(section: dict, unit, tf: str, md: bool) -> str:
                 cells.append("DNF" if j["seeds"] else "-")
                 continue
             s = _num(j["median_us"], unit)
-            if j["spread"] is not None:
+            if j["spread"]:                  # seeds that all agree need no ±
                 s += f" ±{j['spread']:.1%}"
             if j["reached"] < j["seeds"]:
                 s += f" ({j['reached']}/{j['seeds']})"
             elif not j["eligible"]:
                 s += " †"
             cells.append(s)
-        win = r["winner"] or "no finisher"
-        margin = (f"+{r['margin']:.1%}" if r["margin"] is not None else
+        win = r["winner"] or (f"tie ({len(r['tie'])})" if r["tie"] else "no finisher")
+        margin = (_pct(r["margin"]) if r["margin"] is not None else
                   ("uncontested" if r["winner"] else ""))
-        vs = f"{r['vs_reference']:+.1%}" if r["vs_reference"] is not None else ""
+        vs = _pct(r["vs_reference"])
         rows.append([r["milestone"], *cells, win, margin, vs])
     headers = ["milestone", *[_col(lbl, md) for lbl in labels], "winner",
                "margin" if md else "margin\n(vs 2nd)", f"vs {REFERENCE_ENGINE}" if md else f"winner\nvs {REFERENCE_ENGINE}"]
