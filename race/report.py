@@ -44,6 +44,7 @@ def build(results: Results, baseline: Results | None = None,
     doc["leaderboard"] = [{"point": b.point_name(p), "rows": _leader_rows(b, p)}
                           for p in b.points]
     doc["grid"] = _grid(b)
+    doc["failures"] = _failures(b)
     doc["costs"] = [_costs(b, p) for p in b.points]
     doc["blame"] = b.blame()
     doc["time"] = _time_lines(b)
@@ -82,6 +83,26 @@ def _grid(b: Board) -> dict:
         jobs.append({"job": j.name, "cells": [b.grid_cell(j, i) for i in range(len(b.ladder))],
                      "boots": dict(counts), "seeds": len(j.keys), "retried": b.retried(j)})
     return {"milestones": b.ladder, "jobs": jobs}
+
+
+def _failures(b: Board) -> list[dict]:
+    """osstest's list of failing steps: per job, each distinct reason with its seeds and
+    the milestone where the boot stopped. DNF (the guest or the audit) apart from broken
+    (the harness or the infrastructure)."""
+    out = []
+    for j in b.jobs.values():
+        seen: dict[tuple, list[int]] = {}
+        for rec in j.records.values():
+            if rec["status"] == "ok":
+                continue
+            reached = [s["milestone"] for s in rec.get("milestones", [])]
+            at = next((m for m in b.ladder if m not in reached), "the end")
+            seen.setdefault((rec["status"], at, rec.get("reason") or ""), []).append(
+                rec["config"]["seed"])
+        for (status, at, reason), seeds in seen.items():
+            out.append({"job": j.name, "status": status, "at": at, "reason": reason,
+                        "seeds": sorted(seeds), "of": len(j.keys)})
+    return out
 
 
 def _costs(b: Board, point: tuple) -> dict:
@@ -245,6 +266,14 @@ def render(doc: dict, fmt: str = "terminal") -> str:
         out.append(_leader_table(section, unit_of, tf, md))
     head("Grid (jobs × milestones: @time +step, or fail / blocked / broken)")
     out.append(_grid_table(doc["grid"], unit_of, tf))
+    if doc["failures"]:
+        head("Failures (DNF: the guest or an audit; broken: the harness or infrastructure)")
+        for f in doc["failures"]:
+            reason = f["reason"] if len(f["reason"]) <= 240 else f["reason"][:237] + "..."
+            seeds = ", ".join(map(str, f["seeds"]))
+            out.append(f"{'- ' if md else ''}{f['job']} {'DNF' if f['status'] == 'dnf' else f['status']}"
+                       f" at {f['at']} (seed{'s' if len(f['seeds']) > 1 else ''} {seeds} of "
+                       f"{f['of']}): {reason}")
     for section in doc["costs"]:
         title = "Cost at multiuser" + ("" if section["point"] == "all"
                                        else f" — {section['point']}")
