@@ -376,10 +376,17 @@ class Kernel(SyscallsMixin, MoreSyscallsMixin):
         if task.mm is not None:
             self.lazy[v] = True                  # the idle task borrows the mm
 
-    def wake(self, task: Task, at: int) -> None:
+    def wake(self, task: Task, at: int, waker: int) -> None:
+        """try_to_wake_up with 2.6's affine wake-up: the task moves to the waker's VCPU
+        when that VCPU is no busier than the one it last ran on (the VCPU it leaves keeps
+        its mm loaded lazily, and later flushes of that mm reach it by IPI)."""
         if task.state != BLOCKED:
             return
-        self.rq.enqueue(task, task.vcpu if self.rq.online[task.vcpu] else 0, at)
+        rq = self.rq
+        target = waker if rq.load(waker) <= rq.load(task.vcpu) else task.vcpu
+        if target != task.vcpu:
+            self.stats["affine_wakeups"] += 1
+        rq.enqueue(task, target, at)
 
 
 class Segv(Exception):

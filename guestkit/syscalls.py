@@ -96,7 +96,7 @@ class SyscallsMixin:
             del self.tasks[task.pid]
         elif parent.waiting:
             parent.waiting = False
-            self.wake(parent, e.clock(v))
+            self.wake(parent, e.clock(v), v)
         self.stats["exits"] += 1
 
     def sys_wait(self, v, task):
@@ -126,7 +126,7 @@ class SyscallsMixin:
         if other is None:
             return
         if other.state == "blocked" and not other.waiting:
-            self.wake(other, self.engine.clock(v))
+            self.wake(other, self.engine.clock(v), v)
         else:
             other.wake_pending = True
 

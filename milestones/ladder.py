@@ -67,11 +67,17 @@ def load_ladder(name_or_path: str = "default") -> Ladder:
     path = _resolve(name_or_path)
     try:
         doc = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        line = f" line {e.problem_mark.line + 1}:" if e.problem_mark else ""
+        raise LadderError(f"{path}:{line} not valid YAML: {e.problem}") from None
     except yaml.YAMLError as e:
-        raise LadderError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(doc, dict) or set(doc) - {"name", "milestones", "description"}:
-        raise LadderError(f"{path}: top level must be a mapping with keys name, milestones "
-                          f"(and description)")
+        raise LadderError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise LadderError(f"{path}: the top level must be a mapping")
+    for key in doc:
+        if key not in ("name", "milestones", "description"):
+            raise LadderError(f"{path}: key {key!r} unknown (allowed: name, milestones, "
+                              f"description)")
     items = doc.get("milestones")
     if not isinstance(items, list) or not items:
         raise LadderError(f"{path}: key 'milestones': value {items!r} must be a non-empty list")

@@ -86,8 +86,9 @@ def cell_from_args(args) -> BootCell:
             raise ValueError(f"--option {k}: value {v!r} not allowed "
                              f"(choices: {', '.join(map(str, choices))})")
     return BootCell(engine=args.engine, options=tuple(sorted(opts.items())),
-                    profile=args.profile, vcpus=args.vcpus or prof.vcpus,
-                    memory_mib=args.memory or prof.memory_mib,
+                    profile=args.profile,
+                    vcpus=prof.vcpus if args.vcpus is None else args.vcpus,
+                    memory_mib=prof.memory_mib if args.memory is None else args.memory,
                     machine_memory_mib=args.machine_memory, flush_filter=args.flush_filter,
                     seed=args.seed, costs=args.costs, ladder=args.ladder)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-import yaml
+from .yamlfile import read_yaml, resolve
 
 TABLE_DIR = Path(__file__).with_name("cost_tables")
 DEFAULT_TABLE = "p4-xeon-2005"
@@ -65,22 +65,12 @@ def list_cost_tables() -> list[str]:
     return sorted(p.stem for p in TABLE_DIR.glob("*.yaml"))
 
 
-def _resolve(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return p
-    packaged = TABLE_DIR / f"{name_or_path}.yaml"
-    if packaged.exists():
-        return packaged
-    raise CostTableError(f"cost table {name_or_path!r}: no such file or packaged table "
-                         f"(choices: {', '.join(list_cost_tables())})")
+def _resolve(name_or_path: str, referrer: Path | None = None) -> Path:
+    return resolve(name_or_path, TABLE_DIR, "cost table", CostTableError, referrer)
 
 
 def _load_raw(path: Path, seen: tuple = ()) -> tuple[dict, dict, dict]:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CostTableError(f"{path}: not valid YAML: {e}") from None
+    doc = read_yaml(path, CostTableError)
     if not isinstance(doc, dict):
         raise CostTableError(f"{path}: top level must be a mapping")
     allowed = {"name", "cpu", "mhz", "inherits", "events", "description"}
@@ -90,7 +80,7 @@ def _load_raw(path: Path, seen: tuple = ()) -> tuple[dict, dict, dict]:
     cycles: dict[str, int] = {}
     sources: dict[str, str] = {}
     if "inherits" in doc:
-        parent = _resolve(str(doc["inherits"]))
+        parent = _resolve(str(doc["inherits"]), referrer=path)
         if parent in seen:
             raise CostTableError(f"{path}: inherits {doc['inherits']!r} forms a cycle")
         _, cycles, sources = _load_raw(parent, seen + (path,))
@@ -126,7 +116,7 @@ def load_cost_table(name_or_path: str = DEFAULT_TABLE,
         if event not in cycles:
             raise CostTableError(f"{path}: override of unknown event {event!r} "
                                  f"(events: {', '.join(sorted(cycles))})")
-        if not isinstance(c, int) or c < 0:
+        if not isinstance(c, int) or isinstance(c, bool) or c < 0:
             raise CostTableError(f"{path}: override {event}={c!r} must be an integer >= 0")
         cycles[event] = c
         sources[event] = "per-run override"

@@ -1,0 +1,162 @@
+"""The milestone ladder (YAML) and the tracker, on their own: the default ladder, the
+validation of user ladders (one line naming file, key, value and choices), and how the
+tracker stamps milestones in ladder order with the clock of the VCPU that reached them.
+"""
+from __future__ import annotations
+
+import pytest
+
+from milestones import Ladder, LadderError, Milestone, Stamp, Tracker, list_ladders, load_ladder
+from milestones.ladder import GUEST_EVENTS
+
+DEFAULT = ["kernel_entry", "paging_on", "direct_map", "smp_online", "init_exec",
+           "single_user", "multiuser"]
+
+
+def _ladder_file(tmp_path, body: str) -> str:
+    path = tmp_path / "ladder.yaml"
+    path.write_text("name: mine\nmilestones:\n" + body)
+    return str(path)
+
+
+def _error(path: str) -> str:
+    with pytest.raises(LadderError) as exc:
+        load_ladder(path)
+    assert "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+def test_the_default_ladder_climbs_from_kernel_entry_to_multiuser():
+    ladder = load_ladder()
+    assert list_ladders() == ["default"]
+    assert ladder.names() == DEFAULT
+    by_name = {m.name: m for m in ladder.milestones}
+    assert by_name["init_exec"].event == "exec"
+    assert by_name["init_exec"].match == {"path": "/sbin/init"}
+    assert by_name["single_user"].match == {"runlevel": "S"}
+    assert by_name["multiuser"].match == {"all": True}
+    assert all(m.doc for m in ladder.milestones)
+
+
+def test_a_user_ladder_loads_from_a_file(tmp_path):
+    path = _ladder_file(tmp_path, "  - {name: up, event: smp_online}\n"
+                                  "  - {name: shell, event: exec, match: {path: /bin/sh}}\n")
+    ladder = load_ladder(path)
+    assert ladder.name == "mine" and ladder.names() == ["up", "shell"]
+    assert ladder.origin == path
+
+
+def test_an_unknown_event_names_file_item_value_and_every_guest_event(tmp_path):
+    path = _ladder_file(tmp_path, "  - {name: a, event: boot_done}\n")
+    msg = _error(path)
+    assert msg == (f"{path}: milestones[0]: key 'event': value 'boot_done' not allowed "
+                   f"(allowed: {', '.join(GUEST_EVENTS)})")
+
+
+def test_a_duplicate_name_is_refused_at_its_second_use(tmp_path):
+    path = _ladder_file(tmp_path, "  - {name: a, event: exec}\n  - {name: a, event: rc_done}\n")
+    assert _error(path) == f"{path}: milestones[1]: key 'name': value 'a' is used twice"
+
+
+def test_a_match_that_is_not_a_mapping_is_refused(tmp_path):
+    path = _ladder_file(tmp_path, "  - {name: a, event: exec, match: /sbin/init}\n")
+    assert _error(path) == (f"{path}: milestones[0]: key 'match': value '/sbin/init' must "
+                            f"be a mapping")
+
+
+def test_an_unknown_milestone_key_lists_the_allowed_keys(tmp_path):
+    path = _ladder_file(tmp_path, "  - {name: a, event: exec, when: 1}\n")
+    assert _error(path) == (f"{path}: milestones[0]: key 'when' unknown (allowed: name, "
+                            f"event, match, doc)")
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("  - {event: exec}\n", "key 'name': value None must be a non-empty string"),
+    ("  - exec\n", "milestones[0]: value 'exec' must be a mapping"),
+])
+def test_a_malformed_milestone_is_refused(tmp_path, body, fragment):
+    path = _ladder_file(tmp_path, body)
+    msg = _error(path)
+    assert path in msg and fragment in msg
+
+
+def test_an_empty_ladder_is_refused(tmp_path):
+    path = tmp_path / "l.yaml"
+    path.write_text("name: l\nmilestones: []\n")
+    assert _error(str(path)) == f"{path}: key 'milestones': value [] must be a non-empty list"
+
+
+def test_an_unknown_ladder_name_lists_the_packaged_ladders():
+    with pytest.raises(LadderError, match=r"'nosuch'.*choices: default"):
+        load_ladder("nosuch")
+
+
+def test_an_unknown_top_level_key_is_named(tmp_path):
+    path = tmp_path / "l.yaml"
+    path.write_text("name: l\nrungs: []\nmilestones:\n  - {name: a, event: exec}\n")
+    assert "'rungs'" in _error(str(path))
+
+
+# -------------------------------------------------------------------------- tracker
+
+class _Clocks:
+    def __init__(self):
+        self.now = {0: 0, 1: 0}
+
+    def __call__(self, vcpu):
+        return self.now[vcpu]
+
+
+def _tracker(counters=None):
+    ladder = Ladder("t", (Milestone("up", "smp_online"),
+                          Milestone("init", "exec", {"path": "/sbin/init"}),
+                          Milestone("multi", "getty_waiting", {"all": True})))
+    clocks, stamped = _Clocks(), []
+    snap = counters if counters is not None else (lambda: {"n": 1})
+    return Tracker(ladder, clocks, snap, on_stamp=stamped.append), clocks, stamped
+
+
+def test_the_tracker_stamps_each_milestone_with_the_clock_of_the_vcpu_that_reached_it():
+    tracker, clocks, stamped = _tracker()
+    clocks.now = {0: 100, 1: 70}
+    tracker("smp_online", 0, {"vcpus": 2})
+    clocks.now = {0: 150, 1: 400}
+    tracker("exec", 1, {"path": "/sbin/init", "place": "init"})
+    assert stamped == tracker.stamps
+    assert [(s.milestone, s.index, s.vcpu, s.cycles) for s in stamped] == \
+        [("up", 0, 0, 100), ("init", 1, 1, 400)]
+    assert tracker.next_milestone == "multi" and not tracker.done
+
+
+def test_the_tracker_ignores_events_whose_data_does_not_match():
+    tracker, clocks, _ = _tracker()
+    tracker("smp_online", 0, {})
+    tracker("exec", 0, {"path": "/bin/sh"})
+    tracker("getty_waiting", 0, {"count": 1, "all": False})
+    assert [s.milestone for s in tracker.stamps] == ["up"]
+    assert tracker.violations == []
+
+
+def test_a_later_milestone_reached_first_is_an_ordering_violation_not_a_stamp():
+    tracker, clocks, _ = _tracker()
+    tracker("exec", 0, {"path": "/sbin/init"})
+    assert tracker.stamps == []
+    assert tracker.violations == ["milestone init reached before up (event exec "
+                                  "{'path': '/sbin/init'})"]
+
+
+def test_the_stamp_keeps_a_copy_of_the_counters_at_that_moment():
+    live = {"hw.cr3_loads": 1}
+    tracker, clocks, _ = _tracker(lambda: live)
+    tracker("smp_online", 0, {})
+    live["hw.cr3_loads"] = 5
+    assert tracker.stamps[0].counters == {"hw.cr3_loads": 1}
+
+
+def test_the_tracker_is_done_after_the_last_milestone_and_ignores_the_rest():
+    tracker, clocks, _ = _tracker()
+    for event, data in (("smp_online", {}), ("exec", {"path": "/sbin/init"}),
+                        ("getty_waiting", {"all": True}), ("smp_online", {})):
+        tracker(event, 0, data)
+    assert tracker.done and tracker.next_milestone is None and len(tracker.stamps) == 3
+    assert isinstance(tracker.stamps[-1], Stamp)
