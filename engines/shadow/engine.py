@@ -228,9 +228,12 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
         """A write to a shadowed page table: unshadow (user mode), unsync, or emulate.
         None means "go on and fill the shadow", _RETRY "retry on the hardware"."""
         gfn = walk.gfn
+        # a page table that maps itself is shadowed again by the very walk that reaches
+        # it: unshadowing cannot make progress, so its writes are emulated
+        own = any(gpa is not None and gpa >> 12 == gfn for gpa in walk.gpas)
         if value is None:
-            return self._pt_bulk(vcpu, gfn, maddr)
-        if access & A_USER:
+            return self._pt_bulk(vcpu, gfn, maddr, own)
+        if access & A_USER and not own:
             if self._remove_shadows(vcpu, gfn, "user_write"):
                 return None if walk.writable else self._plain_write(vcpu, maddr, value, size)
         elif walk.writable:
@@ -243,7 +246,7 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
                     return _RETRY
         return self._emulate(vcpu, walk, value, size, maddr, cont)
 
-    def _pt_bulk(self, vcpu: int, gfn: int, maddr: int):
+    def _pt_bulk(self, vcpu: int, gfn: int, maddr: int, own: bool):
         """A whole-page store onto a shadowed page table. clear_page's zeros: two trapped,
         emulated stores, then early unshadow fires. copy_page's `rep movs` cannot be emulated
         by x86_emulate of the time, and an emulation failure unshadows. Without early
@@ -252,7 +255,7 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
         src = self._bulk_src
         if src is not None:
             zeros = src < 0
-            if not zeros or self.opt["early_unshadow"]:
+            if not own and (not zeros or self.opt["early_unshadow"]):
                 self.charge(vcpu, "sh_emulate", 2 if zeros else 1)
                 if zeros:
                     self.charge(vcpu, "trap")
@@ -262,7 +265,7 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
             self.charge(vcpu, "sh_emulate", 512)
             self._bulk_pending = gfn
             return maddr
-        if self._remove_shadows(vcpu, gfn, "bulk"):
+        if not own and self._remove_shadows(vcpu, gfn, "bulk"):
             return None
         self._unhook_for_bulk(vcpu, gfn)
         return maddr
@@ -426,12 +429,16 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
         if not vs.pg:
             self._load_tops(vcpu, list(self.unpaged))
             return
-        self._prealloc(vcpu, 4)
+        want = [((e & self._amask) >> 12, SH_L2H if i == 3 else SH_L2) if e & F_P
+                and self.p2m.mfn((e & self._amask) >> 12) >= 0 else None
+                for i, e in enumerate(vs.gl3e)]
+        missing = {k for k in want if k is not None and self.pool.lookup(k) is None}
+        if missing:
+            self._prealloc(vcpu, len(missing), frozenset(k for k in want if k is not None))
         tops: list = [None] * 4
-        for i, e in enumerate(vs.gl3e):
-            gfn = (e & self._amask) >> 12
-            if e & F_P and self.p2m.mfn(gfn) >= 0:
-                tops[i] = self._get_top(vcpu, gfn, SH_L2H if i == 3 else SH_L2)
+        for i, k in enumerate(want):
+            if k is not None:
+                tops[i] = self._get_top(vcpu, k[0], k[1])
         self._load_tops(vcpu, tops)
 
     def write_cr3(self, vcpu: int, cr3: int) -> None:
@@ -488,6 +495,15 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
                 vs.pg = bool(pg)
                 self._resync_all(vcpu)
                 self._update_cr3(vcpu)
+                if all(v.pg for v in self.vs):
+                    self._drop_unpaged()
+
+    def _drop_unpaged(self) -> None:
+        """No VCPU runs with paging off any more: the physical-mode L2s are in no CR3, so
+        their fl1 shadows (writable maps of all memory) go, as an unpinned top would."""
+        for sp in self.unpaged:
+            for idx, _e in self.memory.nonzero_words(sp.smfn):
+                self._set_sl2e(sp, idx, 0)
 
     def _trap_cr(self, vcpu: int) -> None:
         self.charge(vcpu, "trap")

@@ -26,8 +26,9 @@ DEFAULTS: dict[str, Any] = {"early_unshadow": True, "prefetch": False, "oos": Fa
 
 
 def min_pool_pages(vcpus: int) -> int:
-    """Enough for every VCPU's 4 top-level shadows plus the two pages one fault may take."""
-    return 4 * vcpus + 2
+    """Every VCPU's 4 top-level shadows, 4 more for the CR3 load in progress, and the two
+    pages one fault may take."""
+    return 4 * vcpus + 6
 
 
 def resolve_options(spec: DomainSpec) -> dict[str, Any]:

@@ -107,13 +107,13 @@ class ShadowOps:
             return False
         if new & F_P:
             mfn = (new & self._amask) >> 12
-            if self.mapcount.get(mfn, 0) >= REF_MAX:
-                self.stats["sh.ref_overflow_refused"] += 1
-                new = 0                                   # never install a failed reference
-            else:
-                self.mapcount[mfn] = self.mapcount.get(mfn, 0) + 1
-                if new & F_RW:
-                    self.wrmaps.setdefault(mfn, set()).add((sp.smfn, idx))
+            count = self.mapcount.get(mfn, 0)
+            if count >= REF_MAX:                          # sh_get_ref failed: install nothing
+                raise GuestCrash(f"shadow reference count of mfn {mfn:#x} would exceed "
+                                 f"{REF_MAX:#x} mapping it from {sp!r} entry {idx}")
+            self.mapcount[mfn] = count + 1
+            if new & F_RW:
+                self.wrmaps.setdefault(mfn, set()).add((sp.smfn, idx))
         if old & F_P:
             mfn = (old & self._amask) >> 12
             n = self.mapcount[mfn] - 1
@@ -238,13 +238,14 @@ class ShadowOps:
         return flush
 
     # -- pool pressure ----------------------------------------------------------------------------
-    def _prealloc(self, vcpu: int, need: int) -> None:
-        """_shadow_prealloc: make sure `need` pages are free before building a chain."""
+    def _prealloc(self, vcpu: int, need: int, keep: frozenset = frozenset()) -> None:
+        """_shadow_prealloc: make sure `need` pages are free before building a chain
+        (never unpinning the top-level shadows `keep`, about to be loaded)."""
         pool = self.pool
         if len(pool.free) >= need:
             return
         for sp in list(pool.pinned):                      # 1: unpin LRU tops not in use
-            if not sp.users:
+            if not sp.users and sp.key not in keep:
                 self.stats["sh.prealloc_unpin"] += 1
                 self._unpin(sp)
                 if len(pool.free) >= need:
@@ -260,7 +261,8 @@ class ShadowOps:
                              f"one fault needs after unpinning and unhooking everything")
 
     def _tops_in_use(self) -> list[ShadowPage]:
-        seen: dict[int, ShadowPage] = {}
+        """Top-level shadows in some VCPU's CR3, plus the physical-mode L2s."""
+        seen: dict[int, ShadowPage] = {sp.smfn: sp for sp in self.unpaged}
         for vs in self.vs:
             for sp in vs.tops:
                 if sp is not None:
