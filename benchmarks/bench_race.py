@@ -44,45 +44,51 @@ def main() -> None:
     ap.add_argument("--boots", type=int, default=16)
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--alone", type=int, default=8, help="boots sent one at a time")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N, serial and Ray in turn")
     args = ap.parse_args()
     catalog = Catalog.installed()
     race = parse_spec(spec_text(args.boots, args.profile), "bench.yaml", catalog)
     n = len(race.cells)
     out = tempfile.mkdtemp(prefix="bench-race-")
     load0 = os.getloadavg()[0]
-
-    with SerialExecutor() as ex:
-        t_serial, serial = timed_race(ex, race, catalog, out)
-    boot_wall = statistics.median(t["wall_s"] for t in serial)
-    boot_cpu = statistics.median(t["cpu_s"] for t in serial)
+    serial_runs, ray_runs, alone = [], [], []
 
     t0 = time.perf_counter()
-    with RayExecutor(num_cpus=2) as ex:
+    with RayExecutor(num_cpus=2) as ray_ex:
         t_init = time.perf_counter() - t0
         warm = parse_spec(spec_text(2, "tiny"), "warm.yaml", catalog)
-        timed_race(ex, warm, catalog, out)                  # start both workers
-        t_ray, on_ray = timed_race(ex, race, catalog, out)
-        alone = []
+        timed_race(ray_ex, warm, catalog, out)                  # start both workers
+        for _ in range(args.repeat):                            # the machine may be shared:
+            with SerialExecutor() as ex:                        # alternate, keep the best
+                serial_runs.append(timed_race(ex, race, catalog, out))
+            ray_runs.append(timed_race(ray_ex, race, catalog, out))
         for cell in race.cells[: args.alone]:
             one = parse_spec(spec_text(2, args.profile), "one.yaml", catalog)
             one.cells, one.labels = [cell], race.labels
-            t_one, timing = timed_race(ex, one, catalog, out)
+            t_one, timing = timed_race(ray_ex, one, catalog, out)
             alone.append(t_one - timing[0]["wall_s"])
     t_total = time.perf_counter() - t0
 
+    t_serial, serial = min(serial_runs, key=lambda r: r[0])
+    t_ray, on_ray = min(ray_runs, key=lambda r: r[0])
+    boot_wall = statistics.median(t["wall_s"] for t in serial)
+    boot_cpu = statistics.median(t["cpu_s"] for t in serial)
+    harness = (t_serial - sum(t["wall_s"] for t in serial)) / n   # journal, fsync, progress
     cpu_overhead = (t_ray * 2 - sum(t["wall_s"] for t in on_ray)) / n
     latency = statistics.median(alone)
     rows = [
-        ["boots", f"{n} x {args.profile} on native"],
+        ["boots", f"{n} x {args.profile} on native; best of {args.repeat} runs each"],
         ["median boot (serial, in-process)", f"{boot_wall * 1000:.0f} ms wall, "
                                               f"{boot_cpu * 1000:.0f} ms CPU"],
-        ["serial race", f"{t_serial:.2f} s"],
+        ["serial race", f"{t_serial:.2f} s ({harness * 1000:.1f} ms per boot outside "
+                        f"the boot: journal, fsync, progress)"],
         ["Ray race, 2 workers (warm)", f"{t_ray:.2f} s"],
         ["speed-up", f"{t_serial / t_ray:.2f}x  (target >= 1.8x)"],
         ["Ray overhead per boot, CPU lost in the parallel run",
          f"{cpu_overhead * 1000:.1f} ms = {cpu_overhead / boot_wall:.1%} of a boot"],
         ["Ray overhead per boot, one boot alone (median)",
-         f"{latency * 1000:.1f} ms = {latency / boot_wall:.1%} of a boot  (target < 5%)"],
+         f"{latency * 1000:.1f} ms = {latency / boot_wall:.1%} of a boot's wall, "
+         f"{latency / boot_cpu:.1%} of its CPU  (target < 5%)"],
         ["Ray start (ray.init, embedded)", f"{t_init:.1f} s"],
         ["Ray session in total (start .. shutdown)", f"{t_total:.1f} s"],
         ["load average before / after", f"{load0:.2f} / {os.getloadavg()[0]:.2f} "
