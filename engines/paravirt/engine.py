@@ -160,13 +160,23 @@ class PVEngine(Engine):
     def _stamp(self, v: int) -> None:
         self.tlbtime[v] = self.frames.tick()
 
-    def flush_vcpu(self, v: int) -> None:
-        """Xen flushes VCPU v's TLB (an IPI if it is not the current VCPU)."""
+    def flush_vcpu(self, v: int, safety: bool = False) -> None:
+        """Xen flushes VCPU v's TLB (an IPI if it is not the current VCPU). A flush the
+        guest asked for is Xen's `local_flush_tlb`, a CR3 reload, which the K8 flush filter
+        may keep; a flush Xen needs for its own invariants (type change) drops the entries
+        whatever the filter says."""
         if v != self.cur:
             self.ipi(self.cur, v)
         self.charge(v, "tlb_flush")
-        self.cpus[v].flush_tlb(False)
-        self._stamp(v)
+        cpu = self.cpus[v]
+        if safety or not cpu.flush_filter:
+            cpu.flush_tlb(False)
+            self._stamp(v)
+        else:
+            kept = cpu.filter_kept
+            cpu.load_cr3(cpu.cr3)
+            if cpu.filter_kept == kept:
+                self._stamp(v)
         self.stats["pv_tlb_flushes"] += 1
 
     def xen_invlpg(self, v: int, va: int) -> None:
@@ -179,7 +189,7 @@ class PVEngine(Engine):
             if not self.up[v]:
                 continue
             if FrameTable.need_flush(self.tlbtime[v], info.stamp):
-                self.flush_vcpu(v)
+                self.flush_vcpu(v, safety=True)
                 self.stats["pv_typechange_flush"] += 1
             else:
                 self.stats["pv_typechange_flush_filtered"] += 1

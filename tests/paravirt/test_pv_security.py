@@ -194,13 +194,13 @@ def test_xsa286_xen_never_writes_through_a_stale_linear_mapping(strategy):
     update must land in the new L1, on this VCPU and on another running the same L3."""
     g = MiniGuest(strategy)
     g.start_vcpu(1)
+    l1b = g.alloc()
+    g.make_ro(0, l1b)                  # early: no type-change flush will hide a stale entry
     l3, l2s, l1a = user_l1(g, 0)
     assert g.switch(1, l3) == 0
     va = 0x08048000
     for v in (0, 1):                   # both VCPUs cache the linear translation of l1a
         assert g.hc(v, Hypercall.update_va_mapping, va, 0, UVMF_NONE) == 0
-    l1b = g.alloc()
-    g.make_ro(0, l1b)
     ptr = (g.p2m(l2s[0]) << 12) + 8 * 0x40
     assert g.mmu(0, (ptr, (g.p2m(l1b) << 12) | USER_PDE)) == 0       # no flush asked
     for v, d in ((1, g.alloc()), (0, g.alloc())):
