@@ -13,6 +13,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fakeboot  # noqa: E402
+from race_helpers import _Session  # noqa: E402
 
 
 @pytest.fixture
@@ -26,11 +27,6 @@ def fake_installed(monkeypatch):
     from race import spec
     monkeypatch.setattr(spec.Catalog, "installed", classmethod(lambda cls: fakeboot.catalog()))
     return fakeboot.catalog()
-
-
-class _Session:
-    executor = None
-    home = None
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +56,3 @@ def ray_local(_ray_home):
 def pytest_sessionfinish(session, exitstatus):
     if _Session.executor is not None:
         _Session.executor.__exit__(None, None, None)
-
-
-def write_spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(text)
-    return p

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from conftest import write_spec
+from race_helpers import write_spec
 from race import cli
 from race.progress import LiveProgress, PlainProgress, make_progress
 from race.results import load_results

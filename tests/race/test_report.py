@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_spec
+from race_helpers import write_spec
 from race import cli
 from race.board import Board
 from race.report import build, render

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import _Session, write_spec
+from race_helpers import _Session, write_spec
 from race.results import ResultStore
 from race.runner import RayExecutor, SerialExecutor, run_race
 from race.spec import load_spec

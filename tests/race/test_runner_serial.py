@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import write_spec
+from race_helpers import write_spec
 from race.progress import PlainProgress
 from race.results import ResultsError, ResultStore, load_results
 from race.runner import SerialExecutor, drive, run_race

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import fakeboot
-from conftest import _Session, write_spec
+from race_helpers import _Session, write_spec
 from race.results import ResultStore, load_results
 from race.runner import RayExecutor, SerialExecutor, _refresh_auth_config, run_race
 from race.spec import load_spec
@@ -57,7 +57,9 @@ def two_nodes(monkeypatch):
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
     _refresh_auth_config()
     cloudpickle.register_pickle_by_value(fakeboot)
-    temp = tempfile.mkdtemp(prefix="prclu-")              # not Ray's shared /tmp/ray
+    temp = tempfile.mkdtemp(prefix="prclu-")              # not Ray's shared /tmp/ray:
+    os.mkdir(os.path.join(temp, "ray"))                   # the head writes its address
+    monkeypatch.setenv("RAY_TMPDIR", temp)                # file under $RAY_TMPDIR/ray
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={
         "num_cpus": 1, "include_dashboard": False, "object_store_memory": 100 * 2**20,
         "temp_dir": temp, "_system_config": {"health_check_period_ms": 500,
@@ -67,6 +69,9 @@ def two_nodes(monkeypatch):
     yield cluster, worker
     ray.shutdown()
     cluster.shutdown()
+    deadline = time.time() + 20                # its processes may still be writing logs
+    while _own_pids(temp) and time.time() < deadline:
+        time.sleep(0.2)
     shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -152,7 +157,8 @@ def test_ray_job_submit_runs_a_race_on_a_ray_start_head(tmp_path):
     temp = tempfile.mkdtemp(prefix="prjob-")           # short: Ray's socket paths
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("RAY_") or k == "RAY_USAGE_STATS_ENABLED"}
-    env.update(HOME=str(tmp_path / "home"), RAY_AUTH_MODE="disabled",
+    os.mkdir(os.path.join(temp, "ray"))
+    env.update(HOME=str(tmp_path / "home"), RAY_AUTH_MODE="disabled", RAY_TMPDIR=temp,
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
     port, dash = _free_port(), _free_port()
