@@ -23,7 +23,10 @@ FIXED = {"race_id": "t-20050301-000000", "created": "2005-03-01T00:00:00Z",
          "package": {"name": "pae-race", "version": "0.1.0", "commit": "0123456789ab"},
          "python": "3.11.7",
          "cluster": {"executor": "ray", "nodes": 2, "cpus": [1, 1], "ray": "2.60.0",
-                     "address": "local"}}
+                     "address": "local"},
+         # pinned, so that retuning the packaged tables does not move the golden files
+         "cost_tables": {"p4-xeon-2005": {"name": "p4-xeon-2005", "cpu": "P4 Xeon",
+                                          "mhz": 2400, "digest": "0" * 16, "overrides": {}}}}
 
 
 def fixed_results(tmp_path, catalog, name="out", text=SPEC):
