@@ -65,3 +65,8 @@ def test_the_embedded_ray_is_local_only_and_leaves_home_alone(ray_local):
     assert _Session.home is not None
     assert not (_Session.home / ".ray").exists()
     assert "RAY_AUTH_TOKEN_PATH" in os.environ    # this session's own token, not ~/.ray
+
+    @ray_local.remote
+    def niceness():
+        return os.nice(0)
+    assert ray_local.get(niceness.remote()) == 0  # boots run at the driver's priority
