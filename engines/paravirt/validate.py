@@ -81,13 +81,17 @@ class Validator:
     def get_page_from_l1e(self, e: int) -> bool:
         if not e & P:
             return True
-        if not e & L1_DISALLOW_RAW and e & RW:       # fast path: an in-use writable frame
-            info = _dget(self.frames.pages, (e & PADDR_MASK) >> 12)
-            if (info is not None and info.owner == self.dom and info.type == PGT.WRITABLE
-                    and info.tcount and info.tcount < 0xFFFF and info.count < 0x1FFFFFFF):
-                info.count += 1
-                info.tcount += 1
-                return True
+        if not e & L1_DISALLOW_RAW and e & RW:       # fast paths for writable data frames
+            info = self.frames.pages.get((e & PADDR_MASK) >> 12)
+            if info is not None and info.owner == self.dom and info.count < 0x1FFFFFFF:
+                if info.type == PGT.WRITABLE and 0 < info.tcount < 0xFFFF:
+                    info.count += 1
+                    info.tcount += 1
+                    return True
+                if info.type == PGT.NONE and not info.tcount and not info.stamp:
+                    info.count += 1                  # never typed: no TLB can be stale
+                    info.type, info.tcount, info.validated = PGT.WRITABLE, 1, True
+                    return True
         if pte_flags(e) & L1_DISALLOW_MASK:
             return self._fail(f"L1e {e:#018x}: disallowed flags "
                               f"{pte_flags(e) & L1_DISALLOW_MASK:#x}")

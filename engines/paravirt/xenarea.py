@@ -116,7 +116,7 @@ class XenArea:
     def _linear_stale(self, l2: int, idx: int) -> None:
         cur = self.eng.cur
         for v, b in enumerate(self.eng.base):
-            if b is None:
+            if b is None or not self.eng.up[v]:
                 continue
             for i, m in enumerate(self.l3_l2s(b)):
                 if m == l2:
@@ -228,7 +228,7 @@ class SharedXenArea(XenArea):
                         out.append(f"I4: Xen slot {s} of L2 mfn {mfn:#x} reads {words[s]:#x}")
                         break
         for v, b in enumerate(self.eng.base):
-            if b is None:
+            if b is None or not self.eng.up[v]:
                 continue
             l2s = self.l3_l2s(b)
             words = self.mem.frame_words(l2s[3])
@@ -310,7 +310,7 @@ class PerCPUXenArea(XenArea):
             if info.type == PGT.L2 and info.xen_l2:
                 out += self.check_slots(mfn, None, "(guest kernel L2)")
         for v, b in enumerate(self.eng.base):
-            if b is None:
+            if b is None or not self.eng.up[v]:
                 continue
             l2s = self.l3_l2s(b)
             pc3 = [self.mem.read_u64((self.pc_l3[v] << 12) + 8 * i) for i in range(4)]

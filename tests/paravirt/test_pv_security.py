@@ -241,7 +241,7 @@ class MaliciousGuest(RuleBasedStateMachine):
 
     @initialize()
     def boot(self):
-        self.g = MiniGuest(self.strategy, vcpus=self.vcpus)
+        self.g = MiniGuest(self.strategy, vcpus=self.vcpus, debug_audit=False)  # invariant
         if self.vcpus > 1:
             self.g.start_vcpu(1)
         self.pool = [self.g.alloc() for _ in range(24)]
