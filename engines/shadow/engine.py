@@ -91,6 +91,7 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
                       + (self.nr_pages * 8 + 4095) // 4096)
         self.p2m = P2M(self.memory, self.nr_pages, xen_frames, spec.seed)
         self.xen = XenArea(self.memory, self.p2m)
+        self._p2m, self._mread = self.p2m.p2m, self.memory.read_u64
         self.pool = ShadowPool(self.p2m.alloc_xen(pool_pages))
         self.mapcount: dict[int, int] = {}
         self.wrmaps: dict[int, set] = {}
@@ -110,6 +111,16 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
         self._cycles[vcpu] += cycles
         self.cycles_by[event] += cycles
         self.stats[event] += count
+
+    def _charge_bounce(self, vcpu: int) -> None:
+        """pf_bounce + pf_delivery in one go (every true guest fault)."""
+        b, d = self._cost["pf_bounce"], self._cost["pf_delivery"]
+        self._cycles[vcpu] += b + d
+        by, st = self.cycles_by, self.stats
+        by["pf_bounce"] += b
+        by["pf_delivery"] += d
+        st["pf_bounce"] += 1
+        st["pf_delivery"] += 1
 
     def boot_info(self) -> BootInfo:
         return BootInfo(abi=ABI.TRANSLATED, vcpus=self.spec.vcpus, nr_pages=self.nr_pages,
@@ -198,10 +209,9 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
         if not cont:
             self.charge(vcpu, "trap")
         walk = self._walk(vcpu, va, access)
-        if not walk.ok:
+        if walk.pfec is not None:
             vs.last_unshadow = vs.half = None
-            self.charge(vcpu, "pf_bounce")
-            self.charge(vcpu, "pf_delivery")
+            self._charge_bounce(vcpu)
             raise GuestPageFault(va, walk.pfec)
         gfn = walk.gfn
         mfn = self.p2m.mfn(gfn)
@@ -321,11 +331,11 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
         return w
 
     def _gread(self, gpa: int) -> int:
-        mfn = self.p2m.mfn(gpa >> 12)
-        if mfn < 0:
+        gfn = gpa >> 12
+        if gfn >= self.nr_pages:
             raise AddressError(f"guest page-table entry at guest-physical {gpa:#x} is outside "
                                f"the domain's {self.nr_pages:#x} pages")
-        return self.memory.read_u64((mfn << 12) | (gpa & 0xFFF))
+        return self._mread((self._p2m[gfn] << 12) | (gpa & 0xFFF))
 
     def _gset_bits(self, gpa: int, bits: int) -> None:
         """set_ad_bits: Xen writes guest A/D itself, then re-propagates that entry."""
