@@ -23,16 +23,16 @@ ROWS = [
     ("emulated PT writes (sh_emulate)", lambda c, r: c.get("sh_emulate", 0)),
     ("traps", lambda c, r: c.get("trap", 0)),
     ("shadows removed (sh_unshadow)", lambda c, r: c.get("sh_unshadow", 0)),
-    ("  early unshadow (fork/exit)", lambda c, r: c.get("sh.unshadow_early", 0)),
-    ("  early unshadow failed (in CR3)", lambda c, r: c.get("sh.unshadow_early_failed", 0)),
-    ("  user-mode write", lambda c, r: c.get("sh.unshadow_user_write", 0)),
-    ("  emulation failed (rep movs)", lambda c, r: c.get("sh.unshadow_emulation_failed", 0)),
+    ("· early unshadow (fork/exit)", lambda c, r: c.get("sh.unshadow_early", 0)),
+    ("· early unshadow failed (in CR3)", lambda c, r: c.get("sh.unshadow_early_failed", 0)),
+    ("· user-mode write", lambda c, r: c.get("sh.unshadow_user_write", 0)),
+    ("· emulation failed (rep movs)", lambda c, r: c.get("sh.unshadow_emulation_failed", 0)),
     ("OOS unsyncs / resyncs", lambda c, r: f"{c.get('sh.oos_unsync', 0)} / {c.get('sh_resync', 0)}"),
     ("write-access removals", lambda c, r: c.get("sh.wrmap_removals", 0)),
-    ("  found by heuristic guess", lambda c, r: c.get("sh.wrmap_found_heuristic", 0)),
-    ("  found in last L1", lambda c, r: c.get("sh.wrmap_found_last_sl1", 0)),
-    ("  found by brute-force scan", lambda c, r: c.get("sh.wrmap_found_scan", 0)),
-    ("  L1 shadows scanned", lambda c, r: c.get("sh_wrmap_scan", 0)),
+    ("· found by heuristic guess", lambda c, r: c.get("sh.wrmap_found_heuristic", 0)),
+    ("· found in last L1", lambda c, r: c.get("sh.wrmap_found_last_sl1", 0)),
+    ("· found by brute-force scan", lambda c, r: c.get("sh.wrmap_found_scan", 0)),
+    ("· L1 shadows scanned", lambda c, r: c.get("sh_wrmap_scan", 0)),
     ("flush_tlb_mask (shadow changes)", lambda c, r: c.get("sh.flush_tlb_mask", 0)),
     ("hardware TLB flushes", lambda c, r: c.get("hw.flush_full", 0) + c.get("hw.flush_global", 0)),
     ("IPIs", lambda c, r: c.get("ipi", 0)),
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             for engine in ("native", "shadow"):
                 r = results[engine, table][1]
                 value = fn(r["counters"], r)
+                if isinstance(value, int):
+                    value = f"{value:,}"
                 row.append(value if engine == "shadow" or name in
                            ("cycles at multiuser", "true guest faults (delivered)",
                             "hardware TLB flushes", "IPIs", "CR3 loads", "TLB misses")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     for table in TABLES:
         n, s = results["native", table][1]["cycles"], results["shadow", table][1]["cycles"]
         print(f"{table}: shadow reaches multiuser in {s / n:.2f}x native's cycles")
-    print(tabulate(rows, headers=headers, intfmt=",", disable_numparse=False))
+    print(tabulate(rows, headers=headers, disable_numparse=True, colalign=("left",) + ("right",) * 4))
 
 
 if __name__ == "__main__":
