@@ -5,8 +5,9 @@ kernel-L2 strategies of the seed post, as one `Engine` (reference/xen-pv.md).
 Modules: `frames` (count_info/type_info, flush clock), `validate` (per-level checks,
 mod_lN_entry), `xenarea` (Xen's slots, linear maps, strategies), `builder` (domain builder),
 `hypercalls`, `ptwr`, `audit`, `engine` (PVEngine). `OPTIONS`/`DEFAULTS` describe
-`DomainSpec.options` for race spec validation.
+`DomainSpec.options` for race spec validation; `KNOWN_BROKEN(options, vcpus)` names the
+cells that must fail visibly (`shared` on SMP).
 """
-from .engine import DEFAULTS, OPTIONS, PVEngine
+from .engine import DEFAULTS, KNOWN_BROKEN, OPTIONS, PVEngine
 
-__all__ = ["PVEngine", "OPTIONS", "DEFAULTS"]
+__all__ = ["PVEngine", "OPTIONS", "DEFAULTS", "KNOWN_BROKEN"]

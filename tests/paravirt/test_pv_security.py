@@ -16,13 +16,12 @@ from engines.api import GuestCrash, GuestPageFault
 from engines.api.xen import (DOMID_SELF, MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE,
                              UVMF_ALL, UVMF_INVLPG, UVMF_NONE, UVMF_TLB_FLUSH, Errno,
                              Hypercall, MmuextOp, MMUExt, MmuUpdate, MulticallEntry,
-                             SuccessCount, VcpuMask, VcpuGuestContext, VcpuOp, xen_pfn_to_cr3)
+                             SuccessCount, VcpuMask)
 from engines.paravirt import ptwr
-from engines.paravirt.frames import PGT
 from engines.paravirt.hypercalls import PREEMPT_EVERY
 from engines.paravirt.xenarea import LINEAR_SLOT
 
-from pv_harness import A, D, G, KERNEL_PDE, NX, P, PS, RW, US, USER_PDE, MiniGuest
+from pv_harness import A, D, G, NX, P, PS, RW, US, USER_PDE, MiniGuest
 
 EINVAL, EFAULT, ENOSYS = -Errno.EINVAL, -Errno.EFAULT, -Errno.ENOSYS
 

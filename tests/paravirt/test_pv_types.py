@@ -7,13 +7,13 @@ from engines.api.xen import (DOMID_IO, DOMID_SELF, DOMID_XEN, HYPERVISOR_VIRT_ST
                              MACH2PHYS_VIRT_START, MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE,
                              UVMF_ALL, UVMF_INVLPG, UVMF_TLB_FLUSH, VMASST_CMD_enable, Errno,
                              Hypercall, MmuextOp, MMUExt, MmuUpdate, MulticallEntry,
-                             SuccessCount, VcpuGuestContext, VcpuMask, VcpuOp, VMAssist,
+                             SuccessCount, VcpuGuestContext, VcpuOp, VMAssist,
                              xen_cr3_to_pfn, xen_pfn_to_cr3)
-from engines.paravirt import DEFAULTS, OPTIONS, PVEngine
+from engines.paravirt import DEFAULTS, OPTIONS
 from engines.paravirt.frames import PGT
 from engines.paravirt.hypercalls import PREEMPT_EVERY
 
-from pv_harness import A, D, G, KERNEL_PDE, NX, P, PS, RW, US, USER_PDE, MiniGuest, make_engine
+from pv_harness import A, D, G, NX, P, PS, RW, US, MiniGuest, make_engine
 
 EINVAL, EFAULT, ESRCH, EEXIST, ENOSYS = (-Errno.EINVAL, -Errno.EFAULT, -Errno.ESRCH,
                                          -Errno.EEXIST, -Errno.ENOSYS)
