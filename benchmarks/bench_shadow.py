@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", default="sarge")
     ap.add_argument("--vcpus", type=int, default=2)
     ap.add_argument("--option", action="append", default=[])
+    ap.add_argument("--repeat", type=int, default=3, help="boots per engine for CPU time")
     args = ap.parse_args(argv)
     opts = tuple(sorted((k, (v == "true") if v in ("true", "false") else
                          int(v) if v.isdigit() else v)
@@ -65,10 +66,15 @@ def main(argv: list[str] | None = None) -> None:
         for engine, o in (("native", ()), ("shadow", opts)):
             cell = BootCell(engine, o, profile=args.profile, vcpus=args.vcpus, costs=table)
             results[engine, table] = boot(cell)
-    nat, sh = results["native", TABLES[0]][0], results["shadow", TABLES[0]][0]
+    cpu = {e: [results[e, TABLES[0]][0]] for e in ("native", "shadow")}
+    for _ in range(args.repeat - 1):      # CPU time is noisy on a shared machine: best of N
+        for engine, o in (("native", ()), ("shadow", opts)):
+            cpu[engine].append(boot(BootCell(engine, o, profile=args.profile,
+                                             vcpus=args.vcpus))[0])
+    nat, sh = min(cpu["native"]), min(cpu["shadow"])
     print(f"{args.profile}, {args.vcpus} VCPUs, shadow options {dict(opts) or 'default'}")
-    print(f"CPU seconds per boot: native {nat:.2f} s, shadow {sh:.2f} s ({sh / nat:.2f}x; "
-          f"target <= 2x)")
+    print(f"CPU seconds per boot (best of {args.repeat}): native {nat:.2f} s, shadow "
+          f"{sh:.2f} s ({sh / nat:.2f}x; target <= 2x)")
     for (engine, table), (_, r) in results.items():
         if r["status"] != "ok":
             print(f"  {engine} on {table}: {r['status']} {r['reason']}")
