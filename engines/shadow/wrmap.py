@@ -15,7 +15,8 @@ Follows reference/shadow.md §4 "Removing write access" and "Unshadowing heurist
 - the heuristics only ever look at guest-derived L1 shadows, never Xen's own tables or the
   Xen area (XSA-243: heuristics never alias Xen-owned mappings);
 - a removal that found anything flushes every VCPU's TLB (local flush + IPIs), since a
-  writable translation may be cached anywhere;
+  writable translation may be cached anywhere; on early VT-x each IPI also costs the
+  target a VM exit (`sh_flush_ipi_exit`);
 - unshadowing (`sh_remove_shadows`, "fast": may fail) unhooks every L1 shadow of the frame
   from its parents and destroys it, and unpins top-level shadows not in any VCPU's CR3; a
   top-level shadow in use stays (the caller then emulates instead).
@@ -126,4 +127,6 @@ class WriteAccess:
                 self.cpus[v].flush_tlb(False)
             elif vs.up:
                 self.ipi(vcpu, v)
+                if "sh_flush_ipi_exit" in self._cost:     # early VT-x: the IPI is a VM exit
+                    self.charge(v, "sh_flush_ipi_exit")
                 self.cpus[v].flush_tlb(False)
