@@ -35,20 +35,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engines.api import ABI, BootInfo, CostTable, DomainSpec, Engine, EngineError, GuestPageFault
-from engines.hw import A_USER, A_WRITE, AddressError, GeneralProtection, PageFault, pdpte_reserved
+from engines.hw import A_USER, A_WRITE, AddressError, GeneralProtection, PageFault
 
 from .audit import ShadowAudit
+from .control import ControlOps
+from .emulate import _DONE, _RETRY, Emulation
 from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, PAE, GuestWalk, guest_walk
 from .oos import OutOfSync
 from .options import resolve_options
 from .p2m import HYPERVISOR_VIRT_START, RO_MPT_END, P2M, XenArea
-from .pool import SH_L2, SH_L2H, ShadowPage, ShadowPool
+from .pool import ShadowPage, ShadowPool
 from .shadows import ShadowOps
 from .wrmap import WriteAccess
 
 MIB = 1 << 20
-_DONE = object()          # the fault path finished the access itself (emulated)
-_RETRY = object()         # the shadow is ready: retry the access on the hardware
 _UNPAGED_PDE = F_P | F_RW | F_US | F_A | F_D | F_PS
 
 
@@ -70,7 +70,8 @@ class VcpuState:
     oos: list = field(default_factory=list)
 
 
-class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
+class ShadowEngine(ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess, ShadowOps,
+                   Engine):
     name = "shadow"
     abi = ABI.TRANSLATED
     COST_EVENTS = Engine.COST_EVENTS + (
@@ -234,87 +235,6 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
         self.charge(vcpu, "sh_fill")
         return None
 
-    def _pt_write(self, vcpu, va, access, walk, value, size, maddr, cont):
-        """A write to a shadowed page table: unshadow (user mode), unsync, or emulate.
-        None means "go on and fill the shadow", _RETRY "retry on the hardware"."""
-        gfn = walk.gfn
-        # a page table that maps itself is shadowed again by the very walk that reaches
-        # it: unshadowing cannot make progress, so its writes are emulated
-        own = any(gpa is not None and gpa >> 12 == gfn for gpa in walk.gpas)
-        if value is None:
-            return self._pt_bulk(vcpu, gfn, maddr, own)
-        if access & A_USER and not own:
-            if self._remove_shadows(vcpu, gfn, "user_write"):
-                return None if walk.writable else self._plain_write(vcpu, maddr, value, size)
-        elif walk.writable:
-            sl1 = self._oos_candidate(gfn)
-            if sl1 is not None:
-                sp, idx = self._fill(vcpu, va, walk)
-                if sp is not None:
-                    self._unsync(vcpu, gfn, sl1, sp, idx)
-                    self.charge(vcpu, "sh_fill")
-                    return _RETRY
-        return self._emulate(vcpu, walk, value, size, maddr, cont)
-
-    def _pt_bulk(self, vcpu: int, gfn: int, maddr: int, own: bool):
-        """A whole-page store onto a shadowed page table. clear_page's zeros: two trapped,
-        emulated stores, then early unshadow fires. copy_page's `rep movs` cannot be emulated
-        by x86_emulate of the time, and an emulation failure unshadows. Without early
-        unshadow, or when the frame is a top-level shadow in use (so cannot be unshadowed),
-        every one of the 512 stores is trapped and emulated."""
-        src = self._bulk_src
-        if src is not None:
-            zeros = src < 0
-            if not own and (not zeros or self.opt["early_unshadow"]):
-                self.charge(vcpu, "sh_emulate", 2 if zeros else 1)
-                if zeros:
-                    self.charge(vcpu, "trap")
-                if self._remove_shadows(vcpu, gfn, "early" if zeros else "emulation_failed"):
-                    return None
-            self.charge(vcpu, "trap", 511)
-            self.charge(vcpu, "sh_emulate", 512)
-            self._bulk_pending = gfn
-            return maddr
-        if not own and self._remove_shadows(vcpu, gfn, "bulk"):
-            return None
-        self._unhook_for_bulk(vcpu, gfn)
-        return maddr
-
-    def _plain_write(self, vcpu: int, maddr: int, value, size: int):
-        if value is None:
-            return maddr
-        if size == 8:
-            self.memory.write_u64(maddr, value)
-        else:
-            self.memory.write_u32(maddr, value)
-        self.charge(vcpu, "sh_emulate")
-        return _DONE
-
-    def _emulate(self, vcpu: int, walk: GuestWalk, value: int, size: int, maddr: int,
-                 cont: bool):
-        """sh_x86_emulate_write + sh_validate_guest_pt_write + early-unshadow detection."""
-        vs = self.vs[vcpu]
-        self.charge(vcpu, "sh_emulate")
-        gfn = walk.gfn
-        if size == 8:
-            self.memory.write_u64(maddr, value)
-        else:
-            self.memory.write_u32(maddr, value)
-        if self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3):
-            self._flush_all(vcpu)
-        vs.half = walk.va if size == 4 and not cont else None
-        if size == 4 and maddr & 4:
-            return _DONE                                 # a high half neither counts nor resets
-        if value == 0 and self.opt["early_unshadow"]:
-            if vs.last_unshadow == gfn:
-                vs.last_unshadow = None
-                self._remove_shadows(vcpu, gfn, "early")
-            else:
-                vs.last_unshadow = gfn
-        else:
-            vs.last_unshadow = None
-        return _DONE
-
     def _walk(self, vcpu: int, va: int, access: int) -> GuestWalk:
         vs = self.vs[vcpu]
         if not vs.pg:
@@ -366,158 +286,6 @@ class ShadowEngine(ShadowAudit, OutOfSync, WriteAccess, ShadowOps, Engine):
         if flush:
             self._flush_all(vcpu)
         return sp, idx
-
-    def _bulk_write(self, vcpu: int, va: int, src_mfn: int | None) -> None:
-        """clear_page/copy_page: 512 stores. Onto a shadowed page table each would trap and
-        be emulated until early unshadow fires; without it, all 512 are emulated."""
-        self._bulk_src, self._bulk_pending = (-1 if src_mfn is None else src_mfn), None
-        try:
-            maddr = self.translate(vcpu, va & ~0xFFF, A_WRITE)
-        finally:
-            self._bulk_src = None
-        if src_mfn is None:
-            self.memory.zero_frame(maddr >> 12)
-        else:
-            self.memory.copy_frame(src_mfn, maddr >> 12)
-        gfn, self._bulk_pending = self._bulk_pending, None
-        if gfn is not None:
-            flush = False
-            for idx in range(512):
-                flush |= self._validate_gpte(vcpu, gfn, idx)
-            if flush:
-                self._flush_all(vcpu)
-
-    def _unhook_for_bulk(self, vcpu: int, gfn: int) -> None:
-        """A whole-page write to an in-use page table that cannot be unshadowed: charge the
-        512 emulated stores and empty its shadows so they refill from the new contents."""
-        self.charge(vcpu, "trap", 511)
-        self.charge(vcpu, "sh_emulate", 512)
-        for sp in list(self.pool.by_gfn.get(gfn, ())):
-            for idx, _e in self.memory.nonzero_words(sp.smfn):
-                if sp.type == "l1":
-                    self._set_sl1e(sp, idx, 0)
-                elif not (sp.type == SH_L2H and idx >= 428):
-                    self._set_sl2e(sp, idx, 0)
-        self._flush_all(vcpu)
-
-    # -- CR3 and the shadow L3 ---------------------------------------------------------------------
-    def _read_pdptes(self, vcpu: int, cr3: int) -> tuple:
-        base = cr3 & 0xFFFFFFE0
-        gl3e = tuple(self._gread(base + 8 * i) for i in range(4))
-        rsvd = pdpte_reserved(self.M)
-        for i, e in enumerate(gl3e):
-            if e & F_P and e & rsvd:
-                raise GeneralProtection(f"vcpu {vcpu} load of cr3 {cr3:#x}: PDPTE {i} = "
-                                        f"{e:#018x} is present with reserved bits "
-                                        f"{e & rsvd:#x} set (SDM §4.4.1)")
-        return gl3e
-
-    def _load_tops(self, vcpu: int, tops: list) -> None:
-        """Point the VCPU's shadow L3 at `tops` and reload CR3 (flushing: XSA-294)."""
-        vs = self.vs[vcpu]
-        old = vs.tops
-        for i, sp in enumerate(old):
-            if sp is not None and sp.type != "l2u":
-                sp.users.discard((vcpu, i))
-                sp.refs -= 1
-        for i, sp in enumerate(tops):
-            if sp is not None and sp.type != "l2u":
-                sp.users.add((vcpu, i))
-                sp.refs += 1
-        for sp in old:
-            if sp is not None and sp.type != "l2u" and sp.refs == 0:
-                self._destroy(sp)
-        vs.tops = tops
-        base = vs.sl3_mfn << 12
-        for i, sp in enumerate(tops):
-            self.memory.write_u64(base + 8 * i, (sp.smfn << 12) | F_P if sp is not None else 0)
-        self.cpus[vcpu].load_cr3(base)
-
-    def _update_cr3(self, vcpu: int) -> None:
-        """sh_update_cr3: shadow the up to 4 L2s the gl3e snapshot names (slot 3 as l2h)."""
-        vs = self.vs[vcpu]
-        if not vs.pg:
-            self._load_tops(vcpu, list(self.unpaged))
-            return
-        want = [((e & self._amask) >> 12, SH_L2H if i == 3 else SH_L2) if e & F_P
-                and self.p2m.mfn((e & self._amask) >> 12) >= 0 else None
-                for i, e in enumerate(vs.gl3e)]
-        missing = {k for k in want if k is not None and self.pool.lookup(k) is None}
-        if missing:
-            self._prealloc(vcpu, len(missing), frozenset(k for k in want if k is not None))
-        tops: list = [None] * 4
-        for i, k in enumerate(want):
-            if k is not None:
-                tops[i] = self._get_top(vcpu, k[0], k[1])
-        self._load_tops(vcpu, tops)
-
-    def write_cr3(self, vcpu: int, cr3: int) -> None:
-        vs = self.vs[vcpu]
-        vs.up = True
-        self.charge(vcpu, "trap")
-        self.charge(vcpu, "sh_cr3")
-        gl3e = self._read_pdptes(vcpu, cr3)
-        self._resync_all(vcpu)
-        vs.gcr3, vs.gl3e = cr3, gl3e
-        self._update_cr3(vcpu)
-
-    # -- other privileged operations -------------------------------------------------------------
-    def invlpg(self, vcpu: int, va: int) -> None:
-        self.vs[vcpu].up = True
-        self.charge(vcpu, "trap")
-        self.charge(vcpu, "sh_invlpg")
-        self._resync_all(vcpu)
-        self.cpus[vcpu].invlpg(va)
-
-    def flush_tlb(self, vcpu: int, include_global: bool = False) -> None:
-        self.vs[vcpu].up = True
-        self.charge(vcpu, "trap")
-        self.charge(vcpu, "tlb_flush")
-        self._resync_all(vcpu)
-        self.cpus[vcpu].flush_tlb(include_global)
-
-    def set_control(self, vcpu: int, *, pg: bool | None = None, wp: bool | None = None,
-                    pge: bool | None = None, nxe: bool | None = None) -> None:
-        vs = self.vs[vcpu]
-        vs.up = True
-        cpu = self.cpus[vcpu]
-        if nxe is not None:
-            self._trap_cr(vcpu)
-            vs.nxe = bool(nxe)
-            cpu.efer_nxe = vs.nxe
-        if wp is not None:
-            self._trap_cr(vcpu)
-            vs.wp = bool(wp)
-        if pge is not None:
-            self._trap_cr(vcpu)
-            if bool(pge) != vs.pge:
-                gl3e = self._read_pdptes(vcpu, vs.gcr3) if vs.pg else vs.gl3e
-                vs.pge = bool(pge)
-                cpu.cr4_pge = vs.pge
-                self._resync_all(vcpu)
-                vs.gl3e = gl3e
-                self._update_cr3(vcpu)
-        if pg is not None:
-            self._trap_cr(vcpu)
-            if bool(pg) != vs.pg:
-                if pg:
-                    vs.gl3e = self._read_pdptes(vcpu, vs.gcr3)
-                vs.pg = bool(pg)
-                self._resync_all(vcpu)
-                self._update_cr3(vcpu)
-                if all(v.pg for v in self.vs):
-                    self._drop_unpaged()
-
-    def _drop_unpaged(self) -> None:
-        """No VCPU runs with paging off any more: the physical-mode L2s are in no CR3, so
-        their fl1 shadows (writable maps of all memory) go, as an unpinned top would."""
-        for sp in self.unpaged:
-            for idx, _e in self.memory.nonzero_words(sp.smfn):
-                self._set_sl2e(sp, idx, 0)
-
-    def _trap_cr(self, vcpu: int) -> None:
-        self.charge(vcpu, "trap")
-        self.charge(vcpu, "cr_write")
 
     # -- accounting ------------------------------------------------------------------------------
     def gauges(self) -> dict[str, int]:

@@ -1,0 +1,151 @@
+"""Writes to shadowed guest page tables: emulate, unshadow, or let the page go out of sync.
+
+Follows reference/shadow.md §2 step 5 and §4 "Unshadowing heuristics" (Xen 3.3
+`sh_page_fault`'s emulate path, `sh_x86_emulate_write`, `validate_guest_pt_write`,
+`check_for_early_unshadow`):
+- a supervisor write is emulated: the store is done to the guest frame the walk named and
+  re-propagated into every shadow of that frame, flushing every VCPU's TLB when a present
+  shadow entry was removed or narrowed (SHADOW_SET_FLUSH -> flush_tlb_mask);
+- a PAE PTE written as two 32-bit halves costs one trap: Xen emulates up to 4 more
+  instructions to catch the second half;
+- fork/exit detection (SHOPT_EARLY_UNSHADOW): two emulated writes of zero to the same page
+  in a row, with no other fault between, unshadow it; for PAE only the low half counts
+  (a086d29d0e);
+- a user-mode write is taken as a sign the page is no longer a page table: unshadow it and
+  let the write go through. A page table that maps itself cannot be unshadowed (the walk
+  that reaches it shadows it again), so its writes are emulated;
+- whole-page stores (clear_page, copy_page): zeros trigger early unshadow after two stores;
+  copy_page's `rep movs` is beyond the x86_emulate of the time and an emulation failure
+  unshadows; otherwise all 512 stores are trapped and emulated;
+- guest CR0.WP=0: a supervisor write the guest allows but the shadow refuses is done in
+  software (the real CR0.WP stays 1).
+This is a mixin of `ShadowEngine`.
+"""
+from __future__ import annotations
+
+from engines.hw import A_USER, A_WRITE
+
+from .modes import GuestWalk
+from .pool import SH_L2H
+
+_DONE = object()          # the fault path finished the access itself (emulated)
+_RETRY = object()         # the shadow is ready: retry the access on the hardware
+
+
+class Emulation:
+    """Mixin: what happens to writes aimed at shadowed page tables."""
+
+    def _pt_write(self, vcpu, va, access, walk, value, size, maddr, cont):
+        """A write to a shadowed page table: unshadow (user mode), unsync, or emulate.
+        None means "go on and fill the shadow", _RETRY "retry on the hardware"."""
+        gfn = walk.gfn
+        # a page table that maps itself is shadowed again by the very walk that reaches
+        # it: unshadowing cannot make progress, so its writes are emulated
+        own = any(gpa is not None and gpa >> 12 == gfn for gpa in walk.gpas)
+        if value is None:
+            return self._pt_bulk(vcpu, gfn, maddr, own)
+        if access & A_USER and not own:
+            if self._remove_shadows(vcpu, gfn, "user_write"):
+                return None if walk.writable else self._plain_write(vcpu, maddr, value, size)
+        elif walk.writable:
+            sl1 = self._oos_candidate(gfn)
+            if sl1 is not None:
+                sp, idx = self._fill(vcpu, va, walk)
+                if sp is not None:
+                    self._unsync(vcpu, gfn, sl1, sp, idx)
+                    self.charge(vcpu, "sh_fill")
+                    return _RETRY
+        return self._emulate(vcpu, walk, value, size, maddr, cont)
+
+    def _pt_bulk(self, vcpu: int, gfn: int, maddr: int, own: bool):
+        """A whole-page store onto a shadowed page table. clear_page's zeros: two trapped,
+        emulated stores, then early unshadow fires. copy_page's `rep movs` cannot be emulated
+        by x86_emulate of the time, and an emulation failure unshadows. Without early
+        unshadow, or when the frame is a top-level shadow in use (so cannot be unshadowed),
+        every one of the 512 stores is trapped and emulated."""
+        src = self._bulk_src
+        if src is not None:
+            zeros = src < 0
+            if not own and (not zeros or self.opt["early_unshadow"]):
+                self.charge(vcpu, "sh_emulate", 2 if zeros else 1)
+                if zeros:
+                    self.charge(vcpu, "trap")
+                if self._remove_shadows(vcpu, gfn, "early" if zeros else "emulation_failed"):
+                    return None
+            self.charge(vcpu, "trap", 511)
+            self.charge(vcpu, "sh_emulate", 512)
+            self._bulk_pending = gfn
+            return maddr
+        if not own and self._remove_shadows(vcpu, gfn, "bulk"):
+            return None
+        self._unhook_for_bulk(vcpu, gfn)
+        return maddr
+
+    def _plain_write(self, vcpu: int, maddr: int, value, size: int):
+        if value is None:
+            return maddr
+        if size == 8:
+            self.memory.write_u64(maddr, value)
+        else:
+            self.memory.write_u32(maddr, value)
+        self.charge(vcpu, "sh_emulate")
+        return _DONE
+
+    def _emulate(self, vcpu: int, walk: GuestWalk, value: int, size: int, maddr: int,
+                 cont: bool):
+        """sh_x86_emulate_write + sh_validate_guest_pt_write + early-unshadow detection."""
+        vs = self.vs[vcpu]
+        self.charge(vcpu, "sh_emulate")
+        gfn = walk.gfn
+        if size == 8:
+            self.memory.write_u64(maddr, value)
+        else:
+            self.memory.write_u32(maddr, value)
+        if self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3):
+            self._flush_all(vcpu)
+        vs.half = walk.va if size == 4 and not cont else None
+        if size == 4 and maddr & 4:
+            return _DONE                                 # a high half neither counts nor resets
+        if value == 0 and self.opt["early_unshadow"]:
+            if vs.last_unshadow == gfn:
+                vs.last_unshadow = None
+                self._remove_shadows(vcpu, gfn, "early")
+            else:
+                vs.last_unshadow = gfn
+        else:
+            vs.last_unshadow = None
+        return _DONE
+
+    def _bulk_write(self, vcpu: int, va: int, src_mfn: int | None) -> None:
+        """clear_page/copy_page: 512 stores. Onto a shadowed page table each would trap and
+        be emulated until early unshadow fires; without it, all 512 are emulated."""
+        self._bulk_src, self._bulk_pending = (-1 if src_mfn is None else src_mfn), None
+        try:
+            maddr = self.translate(vcpu, va & ~0xFFF, A_WRITE)
+        finally:
+            self._bulk_src = None
+        if src_mfn is None:
+            self.memory.zero_frame(maddr >> 12)
+        else:
+            self.memory.copy_frame(src_mfn, maddr >> 12)
+        gfn, self._bulk_pending = self._bulk_pending, None
+        if gfn is not None:
+            flush = False
+            for idx in range(512):
+                flush |= self._validate_gpte(vcpu, gfn, idx)
+            if flush:
+                self._flush_all(vcpu)
+
+    def _unhook_for_bulk(self, vcpu: int, gfn: int) -> None:
+        """A whole-page write to an in-use page table that cannot be unshadowed: charge the
+        512 emulated stores and empty its shadows so they refill from the new contents."""
+        self.charge(vcpu, "trap", 511)
+        self.charge(vcpu, "sh_emulate", 512)
+        for sp in list(self.pool.by_gfn.get(gfn, ())):
+            for idx, _e in self.memory.nonzero_words(sp.smfn):
+                if sp.type == "l1":
+                    self._set_sl1e(sp, idx, 0)
+                elif not (sp.type == SH_L2H and idx >= 428):
+                    self._set_sl2e(sp, idx, 0)
+        self._flush_all(vcpu)
+
