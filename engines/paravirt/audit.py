@@ -107,16 +107,15 @@ def _check_counts(eng, out: list[str]) -> None:
                 for mfn in sorted(need[a] & need[b])[:3]:
                     out.append(f"I1/I2: mfn {mfn:#x} is needed as {a[0].name} and as "
                                f"{b[0].name} at once")
-    actual = dict(zip(keys, map(attrgetter("count"), values)))
-    expect = dict.fromkeys(keys, 1)                       # the allocation reference
-    expect.update(zip(count.keys(), map((1).__add__, count.values())))
-    _diff(out, "count", actual, expect)
-    actual = dict(zip(keys, map(attrgetter("tcount"), values)))
-    expect = dict.fromkeys(keys, 0)
-    expect.update(tcount)
-    _diff(out, "type count", actual, expect)
-    types = dict(zip(keys, map(attrgetter("type", "xen_l2"), values)))
-    have = {m: types.get(m) for m in want}
+    actual = dict(zip(keys, map(attrgetter("count", "tcount"), values)))
+    expect = dict.fromkeys(keys, (1, 0))                  # the allocation reference only
+    typed_counts = dict.fromkeys(count, 0)                # same key order as `count`
+    typed_counts.update(tcount)
+    expect.update(zip(count.keys(), zip(map((1).__add__, count.values()),
+                                        typed_counts.values())))
+    _diff(out, "(count, type count)", actual, expect)
+    have = dict(zip(want.keys(), map(attrgetter("type", "xen_l2"),
+                                     map(pages.__getitem__, want.keys()))))
     if have != want:
         for mfn in sorted(m for m in want if have[m] != want[m])[:10]:
             t, x = want[mfn]
