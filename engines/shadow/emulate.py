@@ -48,10 +48,10 @@ class Emulation:
             if self._remove_shadows(vcpu, gfn, "user_write"):
                 return None if walk.writable else self._plain_write(vcpu, maddr, value, size)
         elif walk.writable:
-            sl1 = self._oos_candidate(gfn)
-            if sl1 is not None:
+            if self._oos_candidate(gfn) is not None:
                 sp, idx = self._fill(vcpu, va, walk)
-                if sp is not None:
+                sl1 = self._oos_candidate(gfn)          # the fill may have evicted it
+                if sp is not None and sl1 is not None:
                     self._unsync(vcpu, gfn, sl1, sp, idx)
                     self.charge(vcpu, "sh_fill")
                     return _RETRY

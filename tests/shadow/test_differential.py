@@ -131,7 +131,8 @@ def test_shadow_matches_bare_hardware_on_two_vcpus(ops):
 
 @pytest.mark.parametrize("options", [
     {"early_unshadow": False}, {"prefetch": True}, {"oos": True},
-    {"wrmap_heuristic": False}, {"pool_pages": 14}, {"oos": True, "prefetch": True}])
+    {"wrmap_heuristic": False}, {"pool_pages": 14}, {"oos": True, "prefetch": True},
+    {"oos": True, "pool_pages": 14}])
 @settings(max_examples=25, deadline=None, phases=PHASES,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(ops=st.lists(op, max_size=30))

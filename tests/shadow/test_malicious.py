@@ -58,6 +58,7 @@ def attack(e, o, vcpu):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(ops=st.lists(st.tuples(st.integers(0, 1), op), max_size=40),
        options=st.sampled_from([{}, {"oos": True, "prefetch": True}, {"pool_pages": 14},
+                                {"oos": True, "pool_pages": 14},
                                 {"early_unshadow": False, "wrmap_heuristic": False}]))
 def test_malicious_guest_keeps_every_invariant(ops, options):
     e = g.make("shadow", 2, **options)
