@@ -7,7 +7,7 @@ boots' own wall time) / boots), and as the latency of one boot sent alone throug
 Targets (issue 4, 2-core machine): speed-up >= 1.8x; overhead per boot < 5% of a `tiny`
 boot. The machine is shared, so the load average is printed beside the figures.
 
-    python -m benchmarks.bench_race [--boots N] [--profile tiny|sarge]
+    python -m benchmarks.bench_race [--boots N] [--profile tiny|sarge] [--sleeping]
 """
 from __future__ import annotations
 
@@ -31,6 +31,20 @@ def spec_text(boots: int, profile: str) -> str:
             f"memory_mib: {64 if profile == 'tiny' else 512}}}\nengines: [native]\n")
 
 
+def sleeping_boot(cell, step_s: float = 0.03):
+    """A boot that only waits (7 milestones, step_s apart): Ray's own cost per boot without
+    CPU contention, on a machine shared with other work."""
+    key, stamps = cell.key(), []
+    for i, m in enumerate(("kernel_entry", "paging_on", "direct_map", "smp_online",
+                           "init_exec", "single_user", "multiuser")):
+        time.sleep(step_s)
+        stamps.append({"milestone": m, "index": i, "vcpu": 0, "cycles": i, "counters": {}})
+        yield {"type": "milestone", "cell": key, **stamps[-1]}
+    yield {"type": "result", "cell": key, "status": "ok", "reason": None,
+           "milestones": stamps, "cycles": 7, "counters": {}, "cycle_breakdown": {},
+           "gauges": {}}
+
+
 def timed_race(executor, race, catalog, out: str) -> tuple[float, list[dict]]:
     store = ResultStore.create(out, race, executor.shape(), catalog)
     t0 = time.perf_counter()
@@ -45,8 +59,16 @@ def main() -> None:
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--alone", type=int, default=8, help="boots sent one at a time")
     ap.add_argument("--repeat", type=int, default=3, help="best of N, serial and Ray in turn")
+    ap.add_argument("--sleeping", action="store_true",
+                    help="boots that only wait (Ray's own cost, immune to CPU contention)")
     args = ap.parse_args()
     catalog = Catalog.installed()
+    if args.sleeping:
+        import sys
+        from dataclasses import replace
+        from ray import cloudpickle
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        catalog = replace(catalog, run_boot=sleeping_boot)
     race = parse_spec(spec_text(args.boots, args.profile), "bench.yaml", catalog)
     n = len(race.cells)
     out = tempfile.mkdtemp(prefix="bench-race-")
@@ -77,7 +99,8 @@ def main() -> None:
     cpu_overhead = (t_ray * 2 - sum(t["wall_s"] for t in on_ray)) / n
     latency = statistics.median(alone)
     rows = [
-        ["boots", f"{n} x {args.profile} on native; best of {args.repeat} runs each"],
+        ["boots", f"{n} x {'sleeping (7 x 30 ms)' if args.sleeping else args.profile} on "
+                  f"native; best of {args.repeat} runs each"],
         ["median boot (serial, in-process)", f"{boot_wall * 1000:.0f} ms wall, "
                                               f"{boot_cpu * 1000:.0f} ms CPU"],
         ["serial race", f"{t_serial:.2f} s ({harness * 1000:.1f} ms per boot outside "
