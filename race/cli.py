@@ -99,9 +99,11 @@ def cmd_run(args) -> int:
         race = load_spec(args.spec, catalog)
     except SpecError as e:
         return _fail(e.lines)
-    t0 = time.perf_counter()
+    t_begin = time.perf_counter()
     with make_executor(executor_kind, args.address, args.cpus) as ex:
         shape = ex.shape()
+        t0 = time.perf_counter()
+        startup = round(t0 - t_begin, 3)
         try:
             store = (ResultStore.resume(args.out, race, shape) if args.resume
                      else ResultStore.create(args.out, race, shape, catalog))
@@ -112,10 +114,11 @@ def cmd_run(args) -> int:
             run_race(race, ex, store, progress, catalog.run_boot)
         except KeyboardInterrupt:
             store.log_timing({"race_elapsed_s": round(time.perf_counter() - t0, 3),
-                              "executor": shape["executor"], "interrupted": True})
+                              "startup_s": startup, "executor": shape["executor"],
+                              "interrupted": True})
             return 130
         store.log_timing({"race_elapsed_s": round(time.perf_counter() - t0, 3),
-                          "executor": shape["executor"]})
+                          "startup_s": startup, "executor": shape["executor"]})
     results = load_results(store.dir)
     _timeline(results, store.dir / "timeline.svg", quiet=True)
     _publish(results, args.format)

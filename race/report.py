@@ -226,8 +226,11 @@ def _footnotes(b: Board) -> list[str]:
         if race_runs:
             elapsed = sum(r["race_elapsed_s"] for r in race_runs)
             cpus = sum(shape.get("cpus", [1])) or 1
-            line += (f" in {elapsed:.1f} s elapsed; boots kept {sum(walls) / elapsed / cpus:.0%}"
-                     f" of {cpus} CPU(s) busy")
+            startup = sum(r.get("startup_s", 0) for r in race_runs)
+            line += (f" in {elapsed:.1f} s elapsed"
+                     + (f" (+{startup:.1f} s to start {shape.get('executor')})" if startup >= 0.05
+                        else "")
+                     + f"; boots kept {sum(walls) / elapsed / cpus:.0%} of {cpus} CPU(s) busy")
         notes.append(line)
     lost = sum(1 for t in b.results.timings if t.get("lost"))
     retried = sum(1 for t in b.results.timings if t.get("retried"))
