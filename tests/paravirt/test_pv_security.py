@@ -300,6 +300,22 @@ class MaliciousGuest(RuleBasedStateMachine):
         self.call(self.g.ext, 0, op, self.mfn(i))
 
     @precondition(lambda self: not self.dead)
+    @rule(i=st.integers(0, 23), slot=st.integers(0, 511), j=st.integers(0, 40), f=FLAGS)
+    def crafted_l1_then_direct_write(self, i, slot, j, f):
+        """Make a pool page a pinned L1, then store into it directly (ptwr or a bounce)."""
+        self.protect(i, False, 0)
+        self.pin(i, MMUExt.PIN_L1_TABLE)
+        self.direct_write(i, slot, j, f, 0)
+
+    @precondition(lambda self: not self.dead and self.pgds)
+    @rule(k=st.integers(0, 10), again=st.booleans())
+    def unpin_pgd(self, k, again):
+        mfn = self.g.e.layout.p2m[self.pgds[k % len(self.pgds)]]
+        self.call(self.g.ext, 0, MMUExt.UNPIN_TABLE, mfn)
+        if again:
+            self.call(self.g.ext, 0, MMUExt.PIN_L3_TABLE, mfn)
+
+    @precondition(lambda self: not self.dead)
     @rule(v=st.integers(0, 1))
     def build_pgd(self, v):
         if self.g.next_pfn + 6 < self.g.region_pfns:
@@ -343,7 +359,7 @@ class MaliciousGuest(RuleBasedStateMachine):
             assert self.g.e.audit() == []
 
 
-SETTINGS = settings(max_examples=40, stateful_step_count=30, deadline=None,
+SETTINGS = settings(max_examples=25, stateful_step_count=25, deadline=None,
                     suppress_health_check=list(HealthCheck))
 
 
