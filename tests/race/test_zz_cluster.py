@@ -173,11 +173,20 @@ def test_ray_job_submit_runs_a_race_on_a_ray_start_head(tmp_path):
                         f"--dashboard-port={dash}", "--disable-usage-stats",
                         f"--temp-dir={temp}"], env=env, check=True, capture_output=True,
                        timeout=120)
-        job = subprocess.run(
-            [str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-             "--working-dir", str(jobdir), "--", sys.executable, "-m", "race.cli", "run",
-             "spec.yaml", "--out", str(out), "--quiet", "--format", "json"],
-            env=env, capture_output=True, text=True, timeout=200)
+        # the head's job agent registers a few seconds after `ray start` returns (longer on
+        # a loaded machine): Ray answers "No available agent" until then, so wait for it
+        deadline = time.time() + 90
+        while True:
+            job = subprocess.run(
+                [str(VENV_BIN / "ray"), "job", "submit", "--address",
+                 f"http://127.0.0.1:{dash}", "--working-dir", str(jobdir), "--",
+                 sys.executable, "-m", "race.cli", "run", "spec.yaml", "--out", str(out),
+                 "--quiet", "--format", "json"],
+                env=env, capture_output=True, text=True, timeout=200)
+            if job.returncode == 0 or "No available agent" not in job.stdout + job.stderr \
+                    or time.time() > deadline:
+                break
+            time.sleep(3)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout + job.stderr
         # a driver here attaching with --address: the packages go over as py_modules
