@@ -11,90 +11,27 @@ bookkeeping, the tables in machine memory, the VCPUs' registers and their TLBs.
   the Xen area names a frame of the domain.
 - I4/I5 the Xen slots and linear maps per strategy (XenArea.audit); the PDPTE registers of
   each VCPU equal the four entries of the L3 Xen says it runs.
-Plus any refcount corruption Xen ran into. Cost: one pass over the page-table frames and
-the frame table; run at milestones, or after every hypercall with `debug_audit`.
+Plus any refcount corruption Xen ran into. The holder side comes from machine memory
+(engines.paravirt.holders, cached per table by content); I2 compares only the frames whose
+counts or holders changed since the last audit unless `full`. Run at milestones, or after
+every hypercall with `debug_audit`.
 """
 from __future__ import annotations
 
 import gc
 from collections import Counter
-from itertools import compress
 from operator import attrgetter
 
 from .frames import DOMID_GUEST, PGT, PT_TYPES
-from .validate import FIRST_XEN_SLOT, P, PADDR_MASK, RW
 from .xenarea import HYPERVISOR_VIRT_START
 
-
-def _contribution(eng, mfn: int, info, out: list[str]):
-    """(targets, rw targets) of one validated table, cached by its exact contents."""
-    words = tuple(eng.memory.frame_words(mfn))
-    key = (words, info.type, info.xen_l2)
-    hit = eng.audit_cache.get(mfn)
-    if hit is not None and hit[0] == key:
-        return hit[1], hit[2]
-    if info.type == PGT.L3:
-        used = words[:4]
-    elif info.xen_l2:
-        used = words[:FIRST_XEN_SLOT]
-    else:
-        used = words
-    present = [e for e in used if e & P]
-    targets = [(e & PADDR_MASK) >> 12 for e in present]
-    rw = [(e & PADDR_MASK) >> 12 for e in present if e & RW] if info.type == PGT.L1 else []
-    foreign = set(targets) - eng.frames.guest_mfns
-    if foreign:
-        out.append(f"I3: {info.type.name} mfn {mfn:#x} maps mfn {min(foreign):#x}, which is "
-                   f"not the domain's")
-        return [], []
-    eng.audit_cache[mfn] = (key, targets, rw)
-    return targets, rw
+FULL_ABOVE = 20000        # candidates beyond which one C-level pass over all frames is cheaper
 
 
-def _holders(eng, out: list[str]):
-    """General and type counts implied by the holders, and the type each typed holder
-    needs of its target: {(type, pae_xen_l2): set of mfns}."""
-    frames, pages = eng.frames, eng.frames.pages
-    count, tcount = Counter(), Counter()
-    need: dict[tuple[PGT, bool], set[int]] = {}
-
-    def typed(targets, type_: PGT, xen_l2: bool) -> None:
-        count.update(targets)
-        tcount.update(targets)
-        need.setdefault((type_, xen_l2), set()).update(targets)
-
-    live = set()
-    for mfn in frames.pt_frames:
-        info = pages[mfn]
-        if not info.validated or info.tcount == 0:
-            out.append(f"I2: mfn {mfn:#x} listed as a page table but {info!r}")
-            continue
-        live.add(mfn)
-        targets, rw = _contribution(eng, mfn, info, out)
-        if info.type == PGT.L1:
-            count.update(targets)
-            tcount.update(rw)
-            need.setdefault((PGT.WRITABLE, False), set()).update(rw)
-        elif info.type == PGT.L2:
-            typed(targets, PGT.L1, False)
-        else:
-            typed(targets[:3], PGT.L2, False)
-            typed(targets[3:], PGT.L2, True)
-    for stale in set(eng.audit_cache) - live:
-        del eng.audit_cache[stale]
-    for mfn in compress(pages.keys(), map(attrgetter("pinned"), pages.values())):
-        info = pages[mfn]
-        typed([mfn], info.type, info.xen_l2)
-    typed([b for b in eng.base if b is not None], PGT.L3, False)
-    for gdt in eng.gdt:
-        typed(list(gdt), PGT.SEG_DESC, False)
-    return count, tcount, need
-
-
-def _check_counts(eng, out: list[str]) -> None:
+def _check_counts(eng, out: list[str], count: Counter, tcount: Counter,
+                  need: dict[tuple[PGT, bool], set[int]]) -> None:
     """Counts, type counts and types of every frame against what the holders imply, as
     C-level dictionary comparisons (a type is only constrained while the frame is typed)."""
-    count, tcount, need = _holders(eng, out)
     pages = eng.frames.pages
     keys, values = list(pages.keys()), list(pages.values())
     want: dict[int, tuple] = {}
@@ -164,19 +101,30 @@ def _check_pdptes(eng, out: list[str]) -> None:
                            f"base L3 {b:#x}")
 
 
-def audit_domain(eng) -> list[str]:
+def audit_domain(eng, full: bool = False) -> list[str]:
+    """All invariants. I2 compares every frame when `full` (or when most frames changed),
+    otherwise only the frames whose counts or holders changed since the last audit."""
     was = gc.isenabled()
     gc.disable()                   # the audit allocates ~10^5 tuples: no heap-wide GC passes
     try:
-        return _audit(eng)
+        return _audit(eng, full)
     finally:
         if was:
             gc.enable()
 
 
-def _audit(eng) -> list[str]:
+def _audit(eng, full: bool) -> list[str]:
     out = list(eng.integrity)
-    _check_counts(eng, out)
+    state, frames = eng.audit_state, eng.frames
+    changed = state.sync(eng, out)
+    extra, extra_need = state.extras(eng)
+    candidates = changed | frames.touched | set(extra) | state.extra_prev
+    if full or len(candidates) > FULL_ABOVE:
+        _check_counts(eng, out, *state.totals(extra, extra_need))
+    else:
+        state.check(eng, out, candidates, extra, extra_need)
+    state.extra_prev = set(extra)
+    frames.touched.clear()
     _check_tlbs(eng, out)
     _check_pdptes(eng, out)
     out += eng.area.audit()

@@ -147,5 +147,5 @@ def pin_bootstrap(frames: FrameTable, l3: int) -> bool:
     """Validate and pin the bootstrap L3 (the builder's MMUEXT_PIN_L3_TABLE)."""
     if not frames.get_page_and_type(l3, DOMID_GUEST, PGT.L3):
         return False
-    frames.pages[l3].pinned = True
+    frames.set_pinned(l3, True)
     return True

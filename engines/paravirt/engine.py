@@ -27,6 +27,7 @@ from . import hypercalls, ptwr
 from .audit import audit_domain
 from .builder import XenPool, build_domain, pin_bootstrap
 from .frames import DOMID_GUEST, PGT, FrameTable, RefcountCorruption
+from .holders import HolderState
 from .validate import L3_LIMIT_MFN, Validator
 from .xenarea import STRATEGIES
 
@@ -82,7 +83,7 @@ class PVEngine(Engine):
         self.cur = 0
         self.crashed: str | None = None
         self.integrity: list[str] = []
-        self.audit_cache: dict = {}             # audit: per-table holder lists by content
+        self.audit_state = HolderState()        # the audit's view of the holders
         self.base: list[int | None] = [None] * n      # guest_table (guest L3 mfn)
         self.up = [False] * n
         self.tlbtime = [0] * n
@@ -344,8 +345,8 @@ class PVEngine(Engine):
             if bad:
                 raise AuditFailure(bad)
 
-    def audit(self) -> list[str]:
-        return audit_domain(self)
+    def audit(self, full: bool = False) -> list[str]:
+        return audit_domain(self, full)
 
 
 __all__ = ["PVEngine", "OPTIONS", "DEFAULTS", "KNOWN_BROKEN"]

@@ -106,6 +106,8 @@ class FrameTable:
         self._lazy: dict[int, int] = {}
         self.pages: dict[int, PageInfo] = _Pages(self._lazy)
         self.pt_frames: set[int] = set()     # frames with a page-table type count > 0
+        self.pinned: set[int] = set()        # frames with PGT_pinned
+        self.touched: set[int] = set()       # counts or type changed since the last audit
         self.tlbclock = 1                    # tlbflush_clock
         self.alloc_page_type: Callable[[PageInfo, PGT], bool] = lambda i, t: True
         self.free_page_type: Callable[[PageInfo, PGT], None] = lambda i, t: None
@@ -123,6 +125,10 @@ class FrameTable:
             self._lazy[mfn] = owner
         self.guest_mfns.update(mfns)
 
+    def set_pinned(self, mfn: int, on: bool) -> None:
+        self.pages[mfn].pinned = on
+        (self.pinned.add if on else self.pinned.discard)(mfn)
+
     def owner_of(self, mfn: int) -> int | None:
         info = self.pages.get(mfn)
         return None if info is None else info.owner
@@ -137,6 +143,7 @@ class FrameTable:
         if info.owner != dom or info.count >= PGC_COUNT_MAX:
             return False
         info.count += 1
+        self.touched.add(mfn)
         return True
 
     def put_page(self, mfn: int) -> None:
@@ -144,6 +151,7 @@ class FrameTable:
         if info.count <= 0:
             raise RefcountCorruption(f"put_page mfn {mfn:#x}: count already 0 ({info!r})")
         info.count -= 1
+        self.touched.add(mfn)
 
     # -- type references --------------------------------------------------------------------
     def get_page_type(self, mfn: int, type_: PGT, xen_l2: bool = False) -> bool:
@@ -152,6 +160,7 @@ class FrameTable:
         info = self.pages[mfn]
         if info.tcount >= PGT_COUNT_MAX:
             return False
+        self.touched.add(mfn)
         if info.tcount == 0:
             if info.type != type_ or info.xen_l2 != xen_l2 or not info.validated:
                 if info.type != type_ and info.stamp:
@@ -180,6 +189,7 @@ class FrameTable:
             raise RefcountCorruption(f"put_page_type mfn {mfn:#x}: type count already 0 "
                                      f"({info!r})")
         info.tcount -= 1
+        self.touched.add(mfn)
         if info.tcount == 0:
             if info.pinned:
                 raise RefcountCorruption(f"mfn {mfn:#x} pinned with type count 0")

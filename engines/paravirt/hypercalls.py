@@ -145,7 +145,7 @@ def _ext_one(eng, v, op: MmuextOp, dom, state) -> int:
         if info.pinned:
             f.put_page_and_type(op.arg1)
             return EINVAL
-        info.pinned = True
+        f.set_pinned(op.arg1, True)
         eng.stats["pv_pins"] += 1
         return 0
     if cmd == MMUExt.UNPIN_TABLE:
@@ -155,7 +155,7 @@ def _ext_one(eng, v, op: MmuextOp, dom, state) -> int:
         if not info.pinned:
             f.put_page(op.arg1)
             return EINVAL
-        info.pinned = False
+        f.set_pinned(op.arg1, False)
         f.put_page_and_type(op.arg1)
         f.put_page(op.arg1)
         eng.stats["pv_unpins"] += 1

@@ -87,10 +87,12 @@ class Validator:
                 if info.type == PGT.WRITABLE and 0 < info.tcount < 0xFFFF:
                     info.count += 1
                     info.tcount += 1
+                    self.frames.touched.add(info.mfn)
                     return True
                 if info.type == PGT.NONE and not info.tcount and not info.stamp:
                     info.count += 1                  # never typed: no TLB can be stale
                     info.type, info.tcount, info.validated = PGT.WRITABLE, 1, True
+                    self.frames.touched.add(info.mfn)
                     return True
         if pte_flags(e) & L1_DISALLOW_MASK:
             return self._fail(f"L1e {e:#018x}: disallowed flags "
@@ -114,6 +116,7 @@ class Validator:
             if info is not None and info.tcount > 1 and info.count > 1:
                 info.tcount -= 1
                 info.count -= 1
+                self.frames.touched.add(mfn)
                 return
         if e & RW:
             self.frames.put_page_type(mfn)
@@ -128,6 +131,7 @@ class Validator:
                     and info.tcount and info.tcount < 0xFFFF and info.count < 0x1FFFFFFF):
                 info.count += 1
                 info.tcount += 1
+                self.frames.touched.add(info.mfn)
                 return True
         if pte_flags(e) & L2_DISALLOW_MASK:
             return self._fail(f"L2e {e:#018x}: disallowed flags "
@@ -145,6 +149,7 @@ class Validator:
             if info is not None and info.tcount > 1 and info.count > 1:   # fast path
                 info.tcount -= 1
                 info.count -= 1
+                self.frames.touched.add(info.mfn)
                 return
             self.frames.put_page_and_type(entry_mfn(e))
 

@@ -378,3 +378,14 @@ def test_set_gdt_takes_segment_descriptor_references(g):
     assert g.make_rw(0, pfn) == EINVAL
     assert g.mmu(0, (g.p2m(pfn) << 12, 0)) == EINVAL
     assert g.e.audit() == []
+
+
+def test_the_incremental_audit_sees_a_reference_nobody_holds_and_the_full_one_any_drift(g):
+    pfn = g.alloc()
+    assert g.e.audit() == [] and g.e.audit(full=True) == []
+    assert g.e.frames.get_page(g.p2m(pfn), 1)           # a reference without a holder
+    assert any("I2" in p for p in g.e.audit())
+    g.e.frames.put_page(g.p2m(pfn))
+    assert g.e.audit() == []
+    g.e.frames.pages[g.p2m(pfn)].count += 1              # drift behind Xen's back
+    assert any("I2" in p for p in g.e.audit(full=True))
