@@ -12,6 +12,7 @@ for or cheaper.
 from __future__ import annotations
 
 from collections import Counter
+from itertools import compress
 
 from .frames import PGT
 from .validate import FIRST_XEN_SLOT, P, PADDR_MASK, RW
@@ -136,11 +137,13 @@ class HolderState:
 
     def totals(self, extra: Counter, extra_need: dict[int, list[Key]]):
         """count, type count and {(type, xen_l2): set of mfns} over every holder."""
-        count = +self.count
+        count = Counter(self.count)          # zero entries are harmless: 0 + 1 == default
         count.update(extra)
-        tcount = +self.tcount
+        tcount = Counter(self.tcount)
         tcount.update(extra)
-        need = {k: set(+c) for k, c in self.need.items()}
+        positive = (0).__lt__
+        need = {k: set(compress(c.keys(), map(positive, c.values())))
+                for k, c in self.need.items()}
         for mfn, keys in extra_need.items():
             for k in keys:
                 need.setdefault(k, set()).add(mfn)
