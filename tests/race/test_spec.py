@@ -51,7 +51,7 @@ def test_the_default_spec_names_every_pv_strategy_and_both_shadow_cost_models(ca
 
 def test_an_engine_not_installed_yet_is_skipped_with_a_note(catalog):
     race = load_spec("default", catalog)      # the fake catalog has no shadow engine
-    assert race.notes == ["engine 'shadow' (default.yaml lines 21, 22) is not installed yet: "
+    assert race.notes == ["engine 'shadow' (default.yaml lines 22, 23, 27) is not installed yet: "
                           "skipped (installed: native, paravirt)"]
     assert all(c.engine != "shadow" for c in race.cells)
 
