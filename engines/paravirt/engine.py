@@ -14,7 +14,11 @@ Guest-facing semantics (reference/xen-pv.md §2, costs.md §2-3):
   a global flush are #GP from ring 1, which Xen does not emulate: the kernel dies
   (GuestCrash); a PV kernel uses MMUEXT_INVLPG_LOCAL / TLB_FLUSH_* instead.
 - hypercall() returns 0, a count or -errno (engines.paravirt.hypercalls); a RefcountCorruption
-  or a VCPU left without page tables crashes the domain (GuestCrash).
+  or a VCPU left without page tables crashes the domain (GuestCrash). With the hidden option
+  `debug_audit` every hypercall and emulation is followed by `audit()` (AuditFailure).
+- Flushes: a flush the guest asks for is Xen's local_flush_tlb, a CR3 reload the K8 flush
+  filter may keep; the flush Xen does before a frame changes type is unconditional and
+  filtered only by Xen's own clock (tlbflush_timestamp). Remote flushes are charged as IPIs.
 """
 from __future__ import annotations
 
