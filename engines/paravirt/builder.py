@@ -76,6 +76,26 @@ def _write_u32_array(memory, base: int, entries: dict[int, int]) -> None:
             memory.write_u64(base + 8 * w, value)
 
 
+def scatter(first: int, end: int, n: int, seed: int) -> list[int]:
+    """n distinct frames of [first, end), spread over the whole range: an affine bijection
+    x -> (a*x + b) mod 2^k with a seeded odd `a`, values outside the range skipped."""
+    span = end - first
+    k = max(span - 1, 1).bit_length()
+    rng = random.Random(f"pv-domain-{seed}")
+    a = rng.randrange(1 << (k - 1), 1 << k) | 1
+    b = rng.randrange(1 << k)
+    mask = (1 << k) - 1
+    out = [v for v in ((a * x + b) & mask for x in range(min(1 << k, 2 * n + 64)))
+           if v < span][:n]
+    x = 2 * n + 64
+    while len(out) < n:                     # only when the range is barely larger than n
+        v = (a * x + b) & mask
+        if v < span:
+            out.append(v)
+        x += 1
+    return [first + v for v in out]
+
+
 def build_memory(memory, frames: FrameTable, pool: XenPool, nr_pages: int, seed: int):
     """Allocate the M2P and the domain's frames; return (p2m, m2p_first, m2p_l1s)."""
     total = memory.size >> 12
@@ -91,8 +111,7 @@ def build_memory(memory, frames: FrameTable, pool: XenPool, nr_pages: int, seed:
         for j in range(min(512, m2p_frames - i)):
             memory.write_u64((l1 << 12) + 8 * j, ((m2p_first + i + j) << 12) | 0x25)  # P|US|A
         m2p_l1s.append(l1)
-    rng = random.Random(f"pv-domain-{seed}")
-    p2m = rng.sample(range(DOMAIN_FIRST_MFN, total), nr_pages)
+    p2m = scatter(DOMAIN_FIRST_MFN, total, nr_pages, seed)
     frames.add_domain_frames(p2m, DOMID_GUEST)
     _write_u32_array(memory, m2p_first << 12, {mfn: pfn for pfn, mfn in enumerate(p2m)})
     return p2m, m2p_first, m2p_l1s
