@@ -145,6 +145,7 @@ class Kernel(SyscallsMixin, MoreSyscallsMixin):
         self.active_mm[v] = nxt
         if nxt is not None:
             nxt.active_on.add(v)
+            nxt.loaded = True
         if prev is not None:
             prev.active_on.discard(v)
             self.mmdrop(v, prev)

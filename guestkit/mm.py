@@ -60,6 +60,7 @@ class MM:
     dead: bool = False                                # exit_mmap done
     freed: bool = False                               # pgd_free done
     pinned: bool = False                              # for the Xen-PV backend
+    loaded: bool = False                              # has been some VCPU's CR3
     brk_vma: VMA | None = None
 
     def find_vma(self, va: int) -> VMA | None:
