@@ -22,7 +22,7 @@ from .layout import (A, D, FIXADDR_TOP_NATIVE, G, KERNEL_PDE, LOWMEM_LIMIT, P, P
                      TASK_SIZE, VMALLOC_OFFSET, VMALLOC_RESERVE, PageAllocator, kva)
 from .mm import MM, MemoryManager
 from .pvops import NativeMMU
-from .sched import BLOCKED, DEAD, RUNNABLE, ZOMBIE, RunQueues, Task
+from .sched import BLOCKED, RunQueues, Task
 from .syscalls import MoreSyscallsMixin, SyscallsMixin
 
 KERNEL_IMAGE_PFN = 0x100        # the kernel is loaded at 1 MiB

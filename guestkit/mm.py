@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import GuestPanic
-from .layout import (A, D, NX, P, PAGE, PAGE_OFFSET, RW, TASK_SIZE, US, USER_PDE, kva)
+from .layout import (A, D, P, PAGE_OFFSET, RW, TASK_SIZE, US, USER_PDE, kva)
 from .tokens import file_token
 
 
@@ -334,7 +334,7 @@ class MemoryManager:
     # -- unmapping --------------------------------------------------------------------------
     def zap_range(self, vcpu: int, mm: MM, start: int, end: int) -> int:
         """zap_pte_range: clear the present PTEs in [start, end); returns how many."""
-        ops, engine = self.ops, self.engine
+        ops = self.ops
         n = 0
         for vpn in [v for v in mm.pages if start >> 12 <= v < end >> 12]:
             va = vpn << 12

@@ -10,7 +10,6 @@ code or -10 (ECHILD), ("exit", code), ("touch", region, first, count, mode) with
 from __future__ import annotations
 
 from .errors import GuestPanic
-from .layout import TASK_SIZE
 from .mm import VMA
 from .sched import ZOMBIE, DEAD
 from .tokens import READBACK_MASK, data_token, file_token, read_hash

@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from .arch import (A_FETCH, A_USER, A_WRITE, F_A, F_D, F_G, F_PS, F_RW, F_US, F_XD,
-                   LARGE_PAGE_SIZE, PAGE_SIZE, AddressError, GeneralProtection, PageFault,
+                   LARGE_PAGE_SIZE, PAGE_SIZE, GeneralProtection, PageFault,
                    LARGE_PDE_EXTRA_RESERVED, addr_mask, pde_pte_reserved, pdpte_reserved)
 from .memory import PhysicalMemory
 from .records import CPUCounters, TLBConfig, TLBEntry

@@ -71,7 +71,7 @@ def _mmu_one(eng, v, req: MmuUpdate, dom, state) -> int:
     eng.charge(v, "pv_update_entry")
     eng.stats["pv_page_updates"] += 1
     cmd, ptr = req.ptr & 7, req.ptr & ~7
-    f, val = eng.frames, eng.validator
+    f = eng.frames
     mfn = ptr >> 12
     if cmd == MMU_NORMAL_PT_UPDATE:
         if not 0 <= req.val < 1 << 64 or not f.get_page(mfn, DOMID_GUEST):
