@@ -40,7 +40,7 @@ def test_a_boot_stamps_every_milestone_in_ladder_order_at_growing_times(vcpus):
     assert result["status"] == "ok"
     assert [s["milestone"] for s in stamps] == DEFAULT
     assert [s["index"] for s in stamps] == list(range(len(DEFAULT)))
-    assert result["milestones"] == stamps
+    assert result["milestones"] == [{k: v for k, v in s.items() if k != "more"} for s in stamps]
     cycles = [s["cycles"] for s in stamps]
     assert cycles == sorted(cycles) and cycles[0] == 0 and cycles[-1] > 0
     assert all(0 <= s["vcpu"] < vcpus for s in stamps)
