@@ -18,9 +18,12 @@ from typing import Any, Mapping
 import yaml
 
 LADDER_DIR = Path(__file__).with_name("ladders")
-# the guest events a milestone may be defined by (guestkit emits these)
-GUEST_EVENTS = ("kernel_entry", "paging_on", "direct_map", "allocators", "smp_online",
-                "kthreads_started", "exec", "rc_done", "getty_waiting")
+# the guest events a milestone may be defined by (guestkit emits these), each with the data
+# keys it carries, in the order guestkit passes them; a ladder's `match` may name only these
+GUEST_EVENTS: dict[str, tuple[str, ...]] = {
+    "kernel_entry": (), "paging_on": (), "direct_map": (), "allocators": (),
+    "smp_online": ("vcpus",), "kthreads_started": ("count",), "exec": ("path", "place"),
+    "rc_done": ("runlevel",), "getty_waiting": ("count", "of", "all")}
 
 
 class LadderError(ValueError):
@@ -101,6 +104,13 @@ def load_ladder(name_or_path: str = "default") -> Ladder:
         match = item.get("match", {})
         if not isinstance(match, dict):
             raise LadderError(f"{where}: key 'match': value {match!r} must be a mapping")
+        carried = GUEST_EVENTS[event]
+        for k, v in match.items():
+            if k not in carried:
+                allowed = (f"allowed keys: {', '.join(carried)}" if carried
+                           else "it carries no data to match")
+                raise LadderError(f"{where}: key 'match.{k}': value {v!r} not allowed for "
+                                  f"event {event!r} ({allowed})")
         seen.add(name)
         out.append(Milestone(name, event, dict(match), str(item.get("doc", ""))))
     return Ladder(str(doc.get("name", path.stem)), tuple(out), str(path))

@@ -101,10 +101,13 @@ def test_what_the_processes_read_back_does_not_depend_on_vcpus_or_the_flush_filt
 def test_the_guest_emits_every_event_a_ladder_may_name():
     """milestones.ladder.GUEST_EVENTS is exactly what guestkit emits during a boot, so a
     user ladder can only name events that happen."""
-    seen = set()
+    seen: dict[str, set] = {}
     engine = NativeEngine(DomainSpec(vcpus=2, memory_mib=64), load_cost_table())
-    Guest(engine, load_profile("tiny"), emit=lambda e, v, d: seen.add(e)).boot()
-    assert seen == set(GUEST_EVENTS)
+    Guest(engine, load_profile("tiny"),
+          emit=lambda e, v, d: seen.setdefault(e, set()).add(tuple(d))).boot()
+    assert set(seen) == set(GUEST_EVENTS)
+    # ... with exactly the data keys a ladder's match may name
+    assert {e: keys for e, keys in seen.items()} == {e: {k} for e, k in GUEST_EVENTS.items()}
 
 
 def test_a_boot_in_another_process_with_another_hash_seed_gives_the_same_record():

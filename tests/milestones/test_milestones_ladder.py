@@ -64,6 +64,22 @@ def test_a_match_that_is_not_a_mapping_is_refused(tmp_path):
                             f"be a mapping")
 
 
+def test_a_match_on_a_key_the_event_never_carries_is_refused_with_the_keys_it_does(tmp_path):
+    # a typo ("runlvl") would otherwise make a milestone that can never be reached
+    path = _ladder_file(tmp_path, "  - {name: a, event: rc_done, match: {runlvl: S}}\n")
+    assert _error(path) == (f"{path}: milestones[0]: key 'match.runlvl': value 'S' not "
+                            f"allowed for event 'rc_done' (allowed keys: runlevel)")
+    path = _ladder_file(tmp_path, "  - {name: a, event: paging_on, match: {vcpu: 0}}\n")
+    assert _error(path) == (f"{path}: milestones[0]: key 'match.vcpu': value 0 not "
+                            f"allowed for event 'paging_on' (it carries no data to match)")
+
+
+def test_every_event_names_the_data_keys_a_match_may_use():
+    assert GUEST_EVENTS["exec"] == ("path", "place")
+    assert GUEST_EVENTS["getty_waiting"] == ("count", "of", "all")
+    assert GUEST_EVENTS["kernel_entry"] == ()
+
+
 def test_an_unknown_milestone_key_lists_the_allowed_keys(tmp_path):
     path = _ladder_file(tmp_path, "  - {name: a, event: exec, when: 1}\n")
     assert _error(path) == (f"{path}: milestones[0]: key 'when' unknown (allowed: name, "
