@@ -48,7 +48,8 @@ def drive(run_boot: Callable, cell: Any, node: str = "local") -> Iterator[dict]:
 
 def drive_bursts(run_boot: Callable, cell: Any, node: str = "local") -> Iterator[list[dict]]:
     """The boot's events in bursts: a run of events that `run_boot` yields back to back
-    (marked `more`, race/boot.py) is one list, one message on Ray."""
+    (marked `more`, race/boot.py) is one list, one message on Ray; the start event goes
+    with the first burst."""
     burst: list[dict] = []
     for ev in _events(run_boot, cell, node):
         burst.append(ev)
@@ -63,7 +64,8 @@ def _events(run_boot: Callable, cell: Any, node: str) -> Iterator[dict]:
     key = cell.key()
     where = {"node": node, "pid": os.getpid()}
     t0, c0 = time.perf_counter(), time.process_time()
-    yield {"type": "start", "cell": key, "run": where}
+    # the start travels with the first milestones (a boot's setup takes tens of ms)
+    yield {"type": "start", "cell": key, "run": where, "more": True}
     final, stamps = None, []
     try:
         for ev in run_boot(cell):
