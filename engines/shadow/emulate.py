@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from engines.hw import A_USER, A_WRITE
 
+from .accounting import SH_EMULATE
 from .modes import GuestWalk
 from .pool import SH_L2H
 
@@ -41,20 +42,23 @@ class Emulation:
         gfn = walk.gfn
         # a page table that maps itself is shadowed again by the very walk that reaches
         # it: unshadowing cannot make progress, so its writes are emulated
-        own = any(gpa is not None and gpa >> 12 == gfn for gpa in walk.gpas)
+        own = False
+        for gpa in walk.gpas:
+            if gpa is not None and gpa >> 12 == gfn:
+                own = True
+                break
         if value is None:
             return self._pt_bulk(vcpu, gfn, maddr, own)
         if access & A_USER and not own:
             if self._remove_shadows(vcpu, gfn, "user_write"):
                 return None if walk.writable else self._plain_write(vcpu, maddr, value, size)
-        elif walk.writable:
-            if self._oos_candidate(gfn) is not None:
-                sp, idx = self._fill(vcpu, va, walk)
-                sl1 = self._oos_candidate(gfn)          # the fill may have evicted it
-                if sp is not None and sl1 is not None:
-                    self._unsync(vcpu, gfn, sl1, sp, idx)
-                    self.charge(vcpu, "sh_fill")
-                    return _RETRY
+        elif walk.writable and self.opt["oos"] and self._oos_candidate(gfn) is not None:
+            sp, idx = self._fill(vcpu, va, walk)
+            sl1 = self._oos_candidate(gfn)          # the fill may have evicted it
+            if sp is not None and sl1 is not None:
+                self._unsync(vcpu, gfn, sl1, sp, idx)
+                self.charge(vcpu, "sh_fill")
+                return _RETRY
         return self._emulate(vcpu, walk, value, size, maddr, cont)
 
     def _pt_bulk(self, vcpu: int, gfn: int, maddr: int, own: bool):
@@ -95,7 +99,8 @@ class Emulation:
                  cont: bool):
         """sh_x86_emulate_write + sh_validate_guest_pt_write + early-unshadow detection."""
         vs = self.vs[vcpu]
-        self.charge(vcpu, "sh_emulate")
+        self._cycles[vcpu] += self._c_emulate
+        self._n[SH_EMULATE] += 1
         gfn = walk.gfn
         if size == 8:
             self.memory.write_u64(maddr, value)

@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from engines.api import ABI, BootInfo, CostTable, DomainSpec, Engine, EngineError, GuestPageFault
 from engines.hw import A_USER, A_WRITE, AddressError, GeneralProtection, PageFault
 
+from .accounting import PF_BOUNCE, PF_DELIVERY, SH_FILL, TRAP, WALK_REF, Accounting
 from .audit import ShadowAudit
 from .control import ControlOps
 from .emulate import _DONE, _RETRY, Emulation
-from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, PAE, GuestWalk, guest_walk
+from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, PAE, GuestWalk, walk_plan
 from .oos import OutOfSync
 from .options import resolve_options
-from .p2m import HYPERVISOR_VIRT_START, RO_MPT_END, P2M, XenArea
+from .p2m import HYPERVISOR_VIRT_START, P2M, RO_MPT_END, XenArea
 from .pool import ShadowPage, ShadowPool
 from .shadows import ShadowOps
 from .wrmap import WriteAccess
@@ -70,8 +71,8 @@ class VcpuState:
     oos: list = field(default_factory=list)
 
 
-class ShadowEngine(ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess, ShadowOps,
-                   Engine):
+class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess,
+                   ShadowOps, Engine):
     name = "shadow"
     abi = ABI.TRANSLATED
     COST_EVENTS = Engine.COST_EVENTS + (
@@ -81,11 +82,18 @@ class ShadowEngine(ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess, S
 
     def __init__(self, spec: DomainSpec, costs: CostTable):
         self.opt = resolve_options(spec)
+        self._init_accounting(dict(costs.cycles))
         super().__init__(spec, costs, (spec.machine_memory_mib or 8192) * MIB)
         self.mode = PAE
-        self._cost = dict(costs.cycles)
         self.M = spec.maxphyaddr
         self._amask = self.mode.frame_mask(self.M)
+        self._plans = (PAE.plan(self.M, False), PAE.plan(self.M, True))    # by EFER.NXE
+        self._rsvd = tuple((p.reserved[1], p.reserved[2], p.large_reserved) for p in self._plans)
+        c = self._cost
+        self._c_trap, self._c_gwref, self._c_fill = c["trap"], c["sh_guest_walk_ref"], c["sh_fill"]
+        self._c_bounce = c["pf_bounce"] + c["pf_delivery"]
+        self._c_emulate = c["sh_emulate"]
+        self._gread_fn, self._gset_bits_fn = self._gread, self._gset_bits
         self.nr_pages = spec.memory_mib * 256
         pool_pages = self.opt["pool_pages"]
         xen_frames = (pool_pages + spec.vcpus + 4 + 16 + 8
@@ -106,23 +114,6 @@ class ShadowEngine(ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess, S
             cpu.cr0_wp = True
             self._load_tops(v, list(self.unpaged))
 
-    def charge(self, vcpu: int, event: str, count: int = 1) -> None:
-        """Engine.charge without the cost table's method call (the fault path's hot spot)."""
-        cycles = self._cost[event] * count
-        self._cycles[vcpu] += cycles
-        self.cycles_by[event] += cycles
-        self.stats[event] += count
-
-    def _charge_bounce(self, vcpu: int) -> None:
-        """pf_bounce + pf_delivery in one go (every true guest fault)."""
-        b, d = self._cost["pf_bounce"], self._cost["pf_delivery"]
-        self._cycles[vcpu] += b + d
-        by, st = self.cycles_by, self.stats
-        by["pf_bounce"] += b
-        by["pf_delivery"] += d
-        st["pf_bounce"] += 1
-        st["pf_delivery"] += 1
-
     def boot_info(self) -> BootInfo:
         return BootInfo(abi=ABI.TRANSLATED, vcpus=self.spec.vcpus, nr_pages=self.nr_pages,
                         paging_on_at_entry=False, hypervisor_virt_start=HYPERVISOR_VIRT_START,
@@ -137,15 +128,23 @@ class ShadowEngine(ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess, S
                                     f"HYPERVISOR_VIRT_START {HYPERVISOR_VIRT_START:#x}, only "
                                     f"supervisor reads of the RO_MPT area are allowed")
 
+    # Each access tries the hardware once; only a #PF enters the loop of (fix, retry) that
+    # gives up after the 4th fix.
     def read(self, vcpu: int, va: int, access: int = 0) -> int:
         if va >= HYPERVISOR_VIRT_START:
             self._xen_area(va, access)
         cpu = self.cpus[vcpu]
-        for _ in range(4):
+        try:
+            return cpu.read_u64(va, access)
+        except PageFault:
+            pass
+        for _ in range(3):
+            self._sh_page_fault(vcpu, va, access)
             try:
                 return cpu.read_u64(va, access)
             except PageFault:
-                self._sh_page_fault(vcpu, va, access)
+                pass
+        self._sh_page_fault(vcpu, va, access)
         raise EngineError(f"read at va {va:#010x} on vcpu {vcpu}: shadow fill did not stick")
 
     def write(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
@@ -153,13 +152,19 @@ class ShadowEngine(ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess, S
         if va >= HYPERVISOR_VIRT_START:
             self._xen_area(va, access)
         cpu = self.cpus[vcpu]
-        for _ in range(4):
+        try:
+            return cpu.write_u64(va, value, access)
+        except PageFault:
+            pass
+        for _ in range(3):
+            if self._sh_page_fault(vcpu, va, access, value) is _DONE:
+                return None
             try:
-                cpu.write_u64(va, value, access)
-                return
+                return cpu.write_u64(va, value, access)
             except PageFault:
-                if self._sh_page_fault(vcpu, va, access, value) is _DONE:
-                    return
+                pass
+        if self._sh_page_fault(vcpu, va, access, value) is _DONE:
+            return None
         raise EngineError(f"write at va {va:#010x} on vcpu {vcpu}: shadow fill did not stick")
 
     def write_u32(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
@@ -207,48 +212,58 @@ class ShadowEngine(ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess, S
         vs = self.vs[vcpu]
         vs.up = True
         cont = size == 4 and vs.half == va ^ 4      # second half caught in the same trap
+        n = self._n
         if not cont:
-            self.charge(vcpu, "trap")
-        walk = self._walk(vcpu, va, access)
-        if walk.pfec is not None:
-            vs.last_unshadow = vs.half = None
-            self._charge_bounce(vcpu)
-            raise GuestPageFault(va, walk.pfec)
+            self._cycles[vcpu] += self._c_trap
+            n[TRAP] += 1
+        if vs.pg:                                   # the guest walk (guest_walk_tables)
+            self._walk_vcpu = vcpu
+            walk = walk_plan(self._plans[vs.nxe], va, access, vs.gl3e, self._gread_fn,
+                             self._gset_bits_fn, vs.wp)
+            refs = walk.refs
+            if refs:
+                self._cycles[vcpu] += self._c_gwref * refs
+                n[WALK_REF] += refs
+            else:
+                self.charge(vcpu, "sh_guest_walk_ref", 0)
+            if walk.pfec is not None:
+                vs.last_unshadow = vs.half = None
+                self._cycles[vcpu] += self._c_bounce    # pf_bounce + pf_delivery
+                n[PF_BOUNCE] += 1
+                n[PF_DELIVERY] += 1
+                raise GuestPageFault(va, walk.pfec)
+        else:
+            walk = self._unpaged_walk(va, access)
         gfn = walk.gfn
-        mfn = self.p2m.mfn(gfn)
-        if mfn < 0:
+        if gfn >= self.nr_pages:
             raise AddressError(f"va {va:#010x} maps guest-physical address "
                                f"{(gfn << 12) | (va & 0xFFF):#x}, outside the domain's "
                                f"{self.nr_pages:#x} pages")
-        maddr = (mfn << 12) | (va & 0xFFF)
         if access & A_WRITE:
             if gfn in self.pool.by_gfn:
+                maddr = (self._p2m[gfn] << 12) | (va & 0xFFF)
                 r = self._pt_write(vcpu, va, access, walk, value, size, maddr, cont)
                 if r is _RETRY:
                     return None
                 if r is not None:
                     return r
             elif not walk.writable:                      # guest CR0.WP=0: emulate
+                maddr = (self._p2m[gfn] << 12) | (va & 0xFFF)
                 return self._plain_write(vcpu, maddr, value, size)
         vs.last_unshadow = vs.half = None
         self._fill(vcpu, va, walk)
-        self.charge(vcpu, "sh_fill")
+        self._cycles[vcpu] += self._c_fill
+        n[SH_FILL] += 1
         return None
 
-    def _walk(self, vcpu: int, va: int, access: int) -> GuestWalk:
-        vs = self.vs[vcpu]
-        if not vs.pg:
-            gfn = va >> 12
-            if gfn >= self.nr_pages:
-                raise AddressError(f"physical address {va:#x} (paging off) is outside the "
-                                   f"domain's {self.nr_pages:#x} pages")
-            pde = ((va >> 21) << 21) | _UNPAGED_PDE
-            return GuestWalk(va, access, (F_P, pde), (None, None), 2, None, gfn, True, True)
-        self._walk_vcpu = vcpu
-        w = guest_walk(self.mode, va, access, top=vs.gl3e, read=self._gread,
-                       set_bits=self._gset_bits, wp=vs.wp, nxe=vs.nxe, maxphyaddr=self.M)
-        self.charge(vcpu, "sh_guest_walk_ref", w.refs)
-        return w
+    def _unpaged_walk(self, va: int, access: int) -> GuestWalk:
+        """Guest paging off: the physical-mode table's identity "superpage" entry."""
+        gfn = va >> 12
+        if gfn >= self.nr_pages:
+            raise AddressError(f"physical address {va:#x} (paging off) is outside the "
+                               f"domain's {self.nr_pages:#x} pages")
+        pde = ((va >> 21) << 21) | _UNPAGED_PDE
+        return GuestWalk(va, access, (F_P, pde), (None, None), 2, None, gfn, True, True)
 
     def _gread(self, gpa: int) -> int:
         gfn = gpa >> 12
@@ -295,9 +310,3 @@ class ShadowEngine(ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess, S
         out["sh.pool_pages"] = self.pool.size
         out["sh.oos_pages"] = len(self.oos_pages)
         return out
-
-    def _save_accounting(self):
-        return self.pool.peak
-
-    def _restore_accounting(self, saved) -> None:
-        self.pool.peak = saved

@@ -20,9 +20,9 @@ pages when CR4.PSE, no NX, PSE-36 frame bits), shown by tests at the walker leve
 """
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from engines.hw import LARGE_PDE_EXTRA_RESERVED, pde_pte_reserved, pdpte_reserved
 
@@ -43,6 +43,7 @@ class PagingMode:
     top_in_registers: bool          # PAE: the top level is the PDPTE registers (MOV CR3)
     large_level: int                # the level whose entries may have PS=1 (0: none)
     has_nx: bool
+    _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def index(self, va: int, level: int) -> int:
         return (va >> self.shifts[level]) & (self.entries[level] - 1)
@@ -51,14 +52,27 @@ class PagingMode:
         """Bytes of linear address space one entry at `level` covers."""
         return 1 << self.shifts[level]
 
-    @functools.lru_cache(maxsize=None)
     def masks(self, maxphyaddr: int, nxe: bool) -> tuple[tuple[int, ...], int, int]:
         """Reserved-bit masks of a present entry per level, of a large leaf, and the mask
-        of a table address (what `reserved` and `table_gpa` compute), cached."""
+        of a table address (what `reserved` and `table_gpa` compute)."""
         small = tuple(self.reserved(lv, (1 << 64) - 1, False, maxphyaddr, nxe) if lv else 0
                       for lv in range(self.levels + 1))
         large = self.reserved(self.large_level, (1 << 64) - 1, True, maxphyaddr, nxe)
         return small, large, self.table_gpa((1 << 64) - 1, maxphyaddr)
+
+    def plan(self, maxphyaddr: int, nxe: bool, pse: bool = True) -> WalkPlan:
+        """Everything one walk needs that depends only on the mode and these settings,
+        computed once (Xen compiles multi.c once per mode for the same reason)."""
+        key = (maxphyaddr, nxe, pse)
+        plan = self._plans.get(key)
+        if plan is None:
+            nxe = nxe and self.has_nx
+            small, large, tmask = self.masks(maxphyaddr, nxe)
+            plan = self._plans[key] = WalkPlan(
+                self, maxphyaddr, nxe, self.levels, self.top_in_registers, self.shifts,
+                tuple(n - 1 for n in self.entries), self.entry_bytes, small,
+                self.large_level if pse or self.name == "pae" else 0, large, tmask)
+        return plan
 
     def frame_mask(self, maxphyaddr: int) -> int:
         return ((1 << maxphyaddr) - 1) & ~0xFFF
@@ -95,6 +109,22 @@ class PagingMode:
         return entry & 0xFFFFF000
 
 
+class WalkPlan(NamedTuple):
+    """A mode's walk constants for one (MAXPHYADDR, NXE, PSE): `PagingMode.plan`."""
+    mode: PagingMode
+    maxphyaddr: int
+    nxe: bool                       # EFER.NXE as the mode honours it
+    levels: int
+    top_in_registers: bool
+    shifts: tuple[int, ...]
+    index_masks: tuple[int, ...]
+    entry_bytes: int
+    reserved: tuple[int, ...]       # reserved bits of a present entry, per level
+    large_level: int                # 0 when PS is ignored (2-level without CR4.PSE)
+    large_reserved: int
+    table_mask: int
+
+
 PAE = PagingMode("pae", levels=3, entry_bytes=8, entries=(0, 512, 512, 4),
                  shifts=(0, 12, 21, 30), top_in_registers=True, large_level=2, has_nx=True)
 TWO_LEVEL = PagingMode("2-level", levels=2, entry_bytes=4, entries=(0, 1024, 1024),
@@ -128,15 +158,17 @@ class GuestWalk(NamedTuple):
         return self.entries[-1]
 
 
+_new_walk = tuple.__new__        # GuestWalk from a complete tuple, without NamedTuple's __new__
 ReadFn = Callable[[int], int]
 SetBitsFn = Callable[[int, int], None]
 
 
-def _fault(mode, va, access, entries, gpas, level, code, nxe, refs) -> GuestWalk:
+def _fault(va, access, entries, gpas, level, code, nxe, refs) -> GuestWalk:
     if access & A_FETCH and nxe:
         code |= PFEC_ID
     code |= access & (A_WRITE | A_USER)
-    return GuestWalk(va, access, tuple(entries), tuple(gpas), level, code, refs=refs)
+    return _new_walk(GuestWalk, (va, access, tuple(entries), tuple(gpas), level, code, -1,
+                                 False, False, False, refs))
 
 
 def guest_walk(mode: PagingMode, va: int, access: int, *, top, read: ReadFn,
@@ -145,42 +177,41 @@ def guest_walk(mode: PagingMode, va: int, access: int, *, top, read: ReadFn,
     """Walk the guest's tables for `access` at `va`. `top` is the 4 PDPTE registers (PAE)
     or the CR3 value (2-level). `read(gpa)` reads one entry; `set_bits(gpa, bits)` ORs A/D
     bits into one (None: a pure walk that writes nothing, for audits)."""
-    nxe = nxe and mode.has_nx
-    small, large_mask, tmask = mode.masks(maxphyaddr, nxe)
-    entries: list[int] = []
-    gpas: list[int | None] = []
-    refs = 0
-    level = mode.levels
-    shifts, sizes, ebytes = mode.shifts, mode.entries, mode.entry_bytes
-    if mode.top_in_registers:
-        e = top[(va >> shifts[level]) & (sizes[level] - 1)]
-        entries.append(e)
-        gpas.append(None)
+    return walk_plan(mode.plan(maxphyaddr, nxe, pse), va, access, top, read, set_bits, wp)
+
+
+def walk_plan(plan: WalkPlan, va: int, access: int, top, read: ReadFn,
+              set_bits: SetBitsFn | None, wp: bool) -> GuestWalk:
+    """`guest_walk` with the mode's constants already looked up (the fault path's form)."""
+    (mode, maxphyaddr, nxe, level, in_registers, shifts, imasks, ebytes, small, large_level,
+     large_mask, tmask) = plan
+    if in_registers:
+        e = top[(va >> shifts[level]) & imasks[level]]
         if not e & F_P:
-            return _fault(mode, va, access, entries, gpas, level, 0, nxe, refs)
+            return _fault(va, access, (e,), (None,), level, 0, nxe, 0)
+        entries: list[int] = [e]
+        gpas: list[int | None] = [None]
         table = e & tmask
         level -= 1
     else:
-        table = top & 0xFFFFF000
-    large_level = mode.large_level if pse or mode.name == "pae" else 0
-    writable = user = True
-    nx = False
+        entries, gpas = [], []
+        table = top & tmask
+    refs = 0
+    rights = F_RW | F_US                    # AND of every entry's R/W and U/S
+    xd = 0                                  # OR of every entry's XD
     while True:
-        gpa = table + ((va >> shifts[level]) & (sizes[level] - 1)) * ebytes
+        gpa = table + ((va >> shifts[level]) & imasks[level]) * ebytes
         e = read(gpa)
         refs += 1
         entries.append(e)
         gpas.append(gpa)
         if not e & F_P:
-            return _fault(mode, va, access, entries, gpas, level, 0, nxe, refs)
+            return _fault(va, access, entries, gpas, level, 0, nxe, refs)
         large = level == large_level and e & F_PS
         if e & (large_mask if large else small[level]):
-            return _fault(mode, va, access, entries, gpas, level, PFEC_P | PFEC_RSVD, nxe,
-                          refs)
-        writable = writable and e & F_RW
-        user = user and e & F_US
-        if nxe and e & F_XD:
-            nx = True
+            return _fault(va, access, entries, gpas, level, PFEC_P | PFEC_RSVD, nxe, refs)
+        rights &= e
+        xd |= e
         if level == 1 or large:
             break
         if not e & F_A and set_bits is not None:       # a used non-leaf entry gets A
@@ -188,14 +219,15 @@ def guest_walk(mode: PagingMode, va: int, access: int, *, top, read: ReadFn,
             entries[-1] = e | F_A
         table = e & tmask
         level -= 1
-    if ((access & A_USER and not user)
-            or (access & A_WRITE and not writable and (access & A_USER or wp))
+    nx = bool(nxe and xd & F_XD)
+    if ((access & A_USER and not rights & F_US)
+            or (access & A_WRITE and not rights & F_RW and (access & A_USER or wp))
             or (access & A_FETCH and nx)):
-        return _fault(mode, va, access, entries, gpas, level, PFEC_P, nxe, refs)
+        return _fault(va, access, entries, gpas, level, PFEC_P, nxe, refs)
     want = F_A | F_D if access & A_WRITE else F_A
     if e & want != want and set_bits is not None:
         set_bits(gpa, want)
         entries[-1] = e | want
     gfn = (e & tmask) >> 12 if level == 1 else mode.leaf_gfn(e, level, va, maxphyaddr)
-    return GuestWalk(va, access, tuple(entries), tuple(gpas), level, None, gfn,
-                     bool(writable), bool(user), nx, refs)
+    return _new_walk(GuestWalk, (va, access, tuple(entries), tuple(gpas), level, None, gfn,
+                                 bool(rights & F_RW), bool(rights & F_US), nx, refs))

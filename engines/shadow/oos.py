@@ -60,7 +60,7 @@ class OutOfSync:
             self.oos_pages[gfn] = rec
             self.vs[vcpu].oos.append(gfn)
             sl1.oos = True
-            self.stats["sh.oos_unsync"] += 1
+            self._stats["sh.oos_unsync"] += 1
         if (sp_map.smfn, idx_map) in rec.fixups:
             self._refresh_sl1e(vcpu, sp_map, idx_map)
             return

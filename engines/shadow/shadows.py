@@ -41,18 +41,18 @@ class ShadowOps:
 
     # -- propagation (guest entry -> shadow entry) -----------------------------------------
     def _sl1e_from_guest(self, gl1e: int, nxe: bool, sp: ShadowPage, idx: int) -> int:
-        if gl1e & (F_P | F_A) != F_P | F_A or self.mode.reserved(1, gl1e, False, self.M, nxe):
+        if gl1e & (F_P | F_A) != F_P | F_A or gl1e & self._rsvd[nxe][0]:
             return 0
         gfn = (gl1e & self._amask) >> 12
-        mfn = self.p2m.mfn(gfn)
-        if mfn < 0:
+        if gfn >= self.nr_pages:
             return 0
         flags = F_P | F_A | F_D | (gl1e & F_US)
-        if gl1e & F_RW and gl1e & F_D and self._may_write(gfn, sp.smfn, idx):
+        if gl1e & F_RW and gl1e & F_D and (gfn not in self.pool.by_gfn
+                                           or self._oos_may_write(gfn, sp.smfn, idx)):
             flags |= F_RW
         if nxe and gl1e & F_XD:
             flags |= F_XD
-        return (mfn << 12) | flags
+        return (self._p2m[gfn] << 12) | flags
 
     def _fl1e(self, sp: ShadowPage, idx: int) -> int:
         """Entry `idx` of an fl1 shadow (a splintered superpage, key[2] = guest D bit)."""
@@ -71,8 +71,11 @@ class ShadowOps:
         return self._sl1e_from_guest(gword, nxe, sp, idx)
 
     def _may_write(self, gfn: int, smfn: int, idx: int) -> bool:
-        if gfn not in self.pool.by_gfn:
-            return True
+        return gfn not in self.pool.by_gfn or self._oos_may_write(gfn, smfn, idx)
+
+    def _oos_may_write(self, gfn: int, smfn: int, idx: int) -> bool:
+        """A page table's frame may be mapped writable only by an out-of-sync page's
+        recorded writable mappings."""
         rec = self.oos_pages.get(gfn)
         return rec is not None and (smfn, idx) in rec.fixups
 
@@ -80,16 +83,18 @@ class ShadowOps:
         if gl2e & (F_P | F_A) != F_P | F_A:
             return 0
         large = bool(gl2e & F_PS)
-        if self.mode.reserved(2, gl2e, large, self.M, nxe):
+        if gl2e & self._rsvd[nxe][2 if large else 1]:
             return 0
         if large:
             base = self.mode.leaf_gfn(gl2e, 2, 0, self.M)
             child = self._get_fl1(vcpu, base, bool(gl2e & F_D), create)
         else:
             gfn = (gl2e & self._amask) >> 12
-            if self.p2m.mfn(gfn) < 0:
+            if gfn >= self.nr_pages:
                 return 0
-            child = self._get_l1(vcpu, gfn, create)
+            child = self.pool.hash.get((gfn, SH_L1))
+            if child is None and create:
+                child = self._new_shadow(vcpu, SH_L1, gfn, (gfn, SH_L1))
         if child is None:
             return 0
         flags = _L2_FLAGS | (gl2e & (F_RW | F_US))
@@ -102,33 +107,43 @@ class ShadowOps:
         """shadow_set_l1e: install `new` at `idx`, moving frame references. True when a
         present entry was removed or narrowed (the caller must flush)."""
         maddr = (sp.smfn << 12) | (idx << 3)
-        old = self.memory.read_u64(maddr)
+        memory = self.memory
+        old = memory.read_u64(maddr)
         if old == new:
             return False
+        amask = self._amask
         if new & F_P:
-            mfn = (new & self._amask) >> 12
-            count = self.mapcount.get(mfn, 0)
+            mfn = (new & amask) >> 12
+            mapcount = self.mapcount
+            count = mapcount.get(mfn, 0)
             if count >= REF_MAX:                          # sh_get_ref failed: install nothing
                 raise GuestCrash(f"shadow reference count of mfn {mfn:#x} would exceed "
                                  f"{REF_MAX:#x} mapping it from {sp!r} entry {idx}")
-            self.mapcount[mfn] = count + 1
+            mapcount[mfn] = count + 1
             if new & F_RW:
-                self.wrmaps.setdefault(mfn, set()).add((sp.smfn, idx))
+                maps = self.wrmaps.get(mfn)
+                if maps is None:
+                    self.wrmaps[mfn] = {(sp.smfn, idx)}
+                else:
+                    maps.add((sp.smfn, idx))
         if old & F_P:
-            mfn = (old & self._amask) >> 12
-            n = self.mapcount[mfn] - 1
+            mfn = (old & amask) >> 12
+            mapcount = self.mapcount
+            n = mapcount[mfn] - 1
             if n:
-                self.mapcount[mfn] = n
+                mapcount[mfn] = n
             else:
-                del self.mapcount[mfn]
+                del mapcount[mfn]
             if old & F_RW:
                 maps = self.wrmaps[mfn]
                 maps.discard((sp.smfn, idx))
                 if not maps:
                     del self.wrmaps[mfn]
-        self.memory.write_u64(maddr, new)
-        return bool(old & F_P) and (not new & F_P or (old ^ new) & self._amask
-                                    or (old & ~new & (F_RW | F_US)) or (new & ~old & F_XD))
+            memory.write_u64(maddr, new)
+            return bool(not new & F_P or (old ^ new) & amask or (old & ~new & (F_RW | F_US))
+                        or (new & ~old & F_XD))
+        memory.write_u64(maddr, new)
+        return False
 
     def _set_sl2e(self, sp: ShadowPage, idx: int, new: int) -> bool:
         """shadow_set_l2e: install `new`, moving the child shadow's reference."""
@@ -169,12 +184,6 @@ class ShadowOps:
             self._resync(vcpu, gfn)
         if first:
             self._remove_write_access(vcpu, gfn)
-
-    def _get_l1(self, vcpu: int, gfn: int, create: bool) -> ShadowPage | None:
-        sp = self.pool.lookup((gfn, SH_L1))
-        if sp is None and create:
-            sp = self._new_shadow(vcpu, SH_L1, gfn, (gfn, SH_L1))
-        return sp
 
     def _get_fl1(self, vcpu: int, base: int, dirty: bool, create: bool) -> ShadowPage | None:
         key = (base, SH_FL1, dirty)
@@ -227,8 +236,11 @@ class ShadowOps:
         shadows = self.pool.by_gfn.get(gfn)
         if not shadows:
             return False
-        word = self.memory.read_u64((self.p2m.p2m[gfn] << 12) | (idx << 3))
+        word = self.memory.read_u64((self._p2m[gfn] << 12) | (idx << 3))
         nxe = self.vs[vcpu].nxe
+        if len(shadows) == 1 and shadows[0].type == SH_L1:      # the common case
+            sp = shadows[0]
+            return self._set_sl1e(sp, idx, self._sl1e_from_guest(word, nxe, sp, idx))
         flush = False
         for sp in list(shadows):
             if sp.type == SH_L1:
@@ -246,11 +258,11 @@ class ShadowOps:
             return
         for sp in list(pool.pinned):                      # 1: unpin LRU tops not in use
             if not sp.users and sp.key not in keep:
-                self.stats["sh.prealloc_unpin"] += 1
+                self._stats["sh.prealloc_unpin"] += 1
                 self._unpin(sp)
                 if len(pool.free) >= need:
                     return
-        self.stats["sh.prealloc_unhook"] += 1            # 2: unhook the tops in use
+        self._stats["sh.prealloc_unhook"] += 1            # 2: unhook the tops in use
         for sp in self._tops_in_use():
             for idx, _e in self.memory.nonzero_words(sp.smfn):
                 if not (sp.type == SH_L2H and idx >= XEN_FIRST_SLOT):

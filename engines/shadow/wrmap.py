@@ -39,7 +39,7 @@ class WriteAccess:
         mfn = self.p2m.p2m[gfn]
         if mfn not in self.wrmaps:
             return
-        self.stats["sh.wrmap_removals"] += 1
+        self._stats["sh.wrmap_removals"] += 1
         how = "scan"
         if self.opt["wrmap_heuristic"]:
             if gfn < LINUX_LOWMEM_PAGES:
@@ -66,7 +66,7 @@ class WriteAccess:
                         break
             self.charge(vcpu, "sh_wrmap_scan", scanned)
             self._strip_writable(mfn, None)
-        self.stats[f"sh.wrmap_found_{how}"] += 1
+        self._stats[f"sh.wrmap_found_{how}"] += 1
         self._flush_all(vcpu)
 
     def _strip_writable(self, mfn: int, only: set | None) -> None:
@@ -114,13 +114,13 @@ class WriteAccess:
         if flush:
             self._flush_all(vcpu)
         done = gfn not in self.pool.by_gfn
-        self.stats[f"sh.unshadow_{why}" if done else f"sh.unshadow_{why}_failed"] += 1
+        self._stats[f"sh.unshadow_{why}" if done else f"sh.unshadow_{why}_failed"] += 1
         return done
 
     # -- shootdowns -----------------------------------------------------------------------------
     def _flush_all(self, vcpu: int) -> None:
         """flush_tlb_mask over the VCPUs that have run: local flush plus one IPI each."""
-        self.stats["sh.flush_tlb_mask"] += 1
+        self._stats["sh.flush_tlb_mask"] += 1
         for v, vs in enumerate(self.vs):
             if v == vcpu:
                 self.charge(vcpu, "tlb_flush")
