@@ -252,10 +252,8 @@ def _read_stream(ray, gen, cell, inbox: queue.SimpleQueue) -> None:
                 if ev.get("type") == "result":
                     return
         inbox.put(("lost", (cell, RuntimeError("the boot's stream ended without a result"))))
-    except ray.exceptions.RayError as e:               # retries exhausted: infrastructure
-        inbox.put(("lost", (cell, e)))
-    except Exception as e:  # noqa: BLE001 -- the race goes on; the boot is reported lost
-        inbox.put(("lost", (cell, e)))
+    except Exception as e:  # noqa: BLE001 -- RayError once retries are exhausted, or any
+        inbox.put(("lost", (cell, e)))   # failure to read: the race goes on, the boot is lost
     finally:
         inbox.put(("closed", None))
 

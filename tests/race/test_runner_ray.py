@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import fakeboot
 from race_helpers import _Session, write_spec
 from race.results import ResultStore
 from race.runner import RayExecutor, SerialExecutor, run_race
@@ -70,3 +71,31 @@ def test_the_embedded_ray_is_local_only_and_leaves_home_alone(ray_local):
     def niceness():
         return os.nice(0)
     assert ray_local.get(niceness.remote()) == 0  # boots run at the driver's priority
+
+
+def _dies_on_seed_2(cell):
+    """A boot whose worker process dies (as a lost node or an OOM kill would end it)."""
+    if cell.seed == 2:
+        os._exit(3)
+    yield from fakeboot.run_boot(cell)
+
+
+def test_a_worker_that_dies_for_good_is_a_lost_boot_and_the_race_goes_on(tmp_path, catalog,
+                                                                         ray_local):
+    import dataclasses
+    import sys
+    from ray import cloudpickle
+    from race.results import load_results
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    text = "seeds: [1, 2]\nmatrix: {profile: tiny, vcpus: 1}\nengines: [native]\n"
+    race = load_spec(str(write_spec(tmp_path, text)), catalog)
+    dying = dataclasses.replace(catalog, run_boot=_dies_on_seed_2)
+    with RayExecutor(max_retries=0) as ex:
+        store = ResultStore.create(tmp_path / "out", race, ex.shape(), dying)
+        run_race(race, ex, store, Recorder(), dying.run_boot)
+    res = load_results(store.dir)
+    by_seed = {r["config"]["seed"]: r for r in res.records}
+    assert by_seed[1]["status"] == "ok"
+    assert by_seed[2]["status"] == "broken"
+    assert by_seed[2]["reason"].startswith("lost: ") and "retries exhausted" in by_seed[2]["reason"]
+    assert [t.get("lost", False) for t in res.timings if t["cell"] == race.cells[1].key()] == [True]
