@@ -134,7 +134,8 @@ class ShadowOps:
                 mapcount[mfn] = n
             else:
                 del mapcount[mfn]
-            if old & F_RW:
+            if old & F_RW and (new & (F_P | F_RW) != F_P | F_RW
+                               or (new ^ old) & amask):     # (not: the same mapping again)
                 maps = self.wrmaps[mfn]
                 maps.discard((sp.smfn, idx))
                 if not maps:

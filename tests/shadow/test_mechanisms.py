@@ -69,6 +69,21 @@ def test_pte_write_to_a_shadowed_l1_is_emulated_and_propagated():
     assert e.audit() == []
 
 
+def test_rights_change_of_a_writable_pte_keeps_its_writable_mapping_recorded():
+    """shadow_set_l1e takes the new entry's references before dropping the old one's
+    (multi.c); a new entry that maps the same frame writable again must stay recorded as a
+    writable mapping, or write-access removal (sh_remove_write_access, I1) would miss it."""
+    e = booted()
+    e.write(0, g.test_va(0, 0), 1, 4)                   # user write: guest A/D, shadow RW
+    mfn = e.p2m.p2m[g.DATA[0]]
+    assert len(e.wrmaps[mfn]) == 1
+    e.write(0, g.kva(5), (g.DATA[0] << 12) | g.P | g.RW | g.A | g.D)   # drop U/S only
+    e.invlpg(0, g.test_va(0, 0))
+    assert e.write(0, g.test_va(0, 0), 2) is None       # supervisor write, same frame
+    assert len(e.wrmaps.get(mfn, ())) == 1
+    assert e.audit() == []
+
+
 def test_two_zero_writes_in_a_row_unshadow_the_page_unless_early_unshadow_is_off():
     for early in (True, False):
         e = booted(early_unshadow=early)
