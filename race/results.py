@@ -102,6 +102,20 @@ class ResultStore:
         store.write_manifest()
         return store
 
+    def past_walls(self, races: int = 20) -> dict[str, float]:
+        """Wall seconds of each cell's latest run in this folder's own journal and in the
+        `races` most recent sibling race folders (same results root): how long a boot took
+        before, for scheduling only (a timing is never a result)."""
+        dirs = sorted((d for d in self.dir.parent.iterdir()
+                       if d != self.dir and (d / TIMINGS).is_file()),
+                      key=lambda d: (d / TIMINGS).stat().st_mtime)[-races:] + [self.dir]
+        walls: dict[str, float] = {}
+        for d in dirs:
+            for t in _read_lines(d / TIMINGS):
+                if "wall_s" in t and not t.get("lost"):
+                    walls[t["cell"]] = t["wall_s"]
+        return walls
+
     # -- writing ---------------------------------------------------------------------------
     def append(self, record: dict, timing: dict) -> None:
         """The record reaches the disk (fsync) before the race moves on; the timing is a

@@ -119,6 +119,7 @@ class RayExecutor:
     """One streaming task per boot on an embedded Ray (address None/"local"), or on an
     existing cluster (`address` or RAY_ADDRESS; "auto" finds a local `ray start`)."""
     name = "ray"
+    parallel = True          # run_race submits the longest boots first
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
                  max_retries: int = MAX_RETRIES):
@@ -285,11 +286,24 @@ def make_executor(kind: str, address: str | None = None, num_cpus: int | None = 
 
 
 # -- the race loop -----------------------------------------------------------------------
+def longest_first(cells: list, walls: dict[str, float]) -> list:
+    """The order to hand boots to a parallel executor: cells never timed first (in plan
+    order: they may be long, and they are the news), then the others longest first, as
+    earlier runs in the same results root timed them (LPT: the last boots to start are the
+    short ones, so the workers finish together). Only the schedule changes: records are
+    keyed and written in plan order."""
+    unknown = [c for c in cells if c.key() not in walls]
+    known = sorted((c for c in cells if c.key() in walls), key=lambda c: -walls[c.key()])
+    return unknown + known
+
+
 def run_race(race, executor, store: ResultStore, progress, run_boot: Callable) -> ResultStore:
     """Run every cell not yet recorded in `store`; each record is journaled as it arrives.
     Ctrl-C leaves the journal intact and the manifest marked 'interrupted'."""
     cells = {c.key(): c for c in race.cells}
     todo = [c for c in race.cells if c.key() not in store.done]
+    if getattr(executor, "parallel", False):
+        todo = longest_first(todo, store.past_walls())
     first_seen: dict[str, dict] = {}
     progress.begin(race, store, todo)
     try:

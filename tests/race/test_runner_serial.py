@@ -227,3 +227,41 @@ def test_a_boot_that_fails_mid_burst_still_ends_its_last_burst_with_the_result()
     assert bursts[-1][-1]["status"] == "broken"
     assert bursts[-1][-1]["milestones"][0] == {"milestone": "a", "index": 0, "vcpu": 0,
                                                "cycles": 0, "counters": {}}
+
+
+# -- scheduling: longest first on a parallel executor -----------------------------------
+class Order(SerialExecutor):
+    """A serial executor that records the order boots are handed to it."""
+
+    def __init__(self, parallel):
+        self.parallel, self.order = parallel, []
+
+    def run(self, run_boot, cells):
+        cells = list(cells)
+        self.order = [c.key() for c in cells]
+        yield from super().run(run_boot, cells)
+
+
+def test_a_parallel_executor_gets_the_boots_earlier_runs_found_longest_first(tmp_path,
+                                                                             catalog):
+    race = race_of(tmp_path, catalog, "engines: [native]\nmatrix: {profile: tiny, "
+                                      "vcpus: [1, 2, 3]}\n")
+    keys = race.keys()
+    with SerialExecutor() as ex:                         # an earlier race: its timings
+        old = ResultStore.create(tmp_path / "out", race, ex.shape(), catalog)
+        run_race(race, ex, old, Recorder(), catalog.run_boot)
+    timings = (old.dir / "timings.jsonl").read_text().splitlines()
+    fake = {keys[0]: 0.1, keys[1]: 0.9, keys[2]: 0.5}   # rewrite them: a known order
+    (old.dir / "timings.jsonl").write_text("".join(
+        json.dumps({**json.loads(t), "wall_s": fake[json.loads(t)["cell"]]}) + "\n"
+        for t in timings if json.loads(t)["cell"] in fake))
+    orders = {}
+    for parallel in (True, False):
+        ex = Order(parallel)
+        store = ResultStore.create(tmp_path / "out", race, ex.shape(), catalog)
+        run_race(race, ex, store, Recorder(), catalog.run_boot)
+        orders[parallel] = ex.order
+        assert [r["cell"] for r in load_results(store.dir).records] == keys   # plan order
+    untimed = [k for k in keys if k not in fake]
+    assert orders[True] == untimed + [keys[1], keys[2], keys[0]]
+    assert orders[False] == keys                          # serial: plan order
