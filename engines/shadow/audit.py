@@ -58,10 +58,11 @@ class ShadowAudit:
         return bad
 
     def _audit_l1(self, sp, nxes, mapcount, wrmaps, bad) -> None:
-        gbase = self.p2m.p2m[sp.gfn] << 12 if sp.type == SH_L1 else -1
-        for idx, e in self.memory.nonzero_words(sp.smfn):
-            mfn = (e & self._amask) >> 12
-            gfn = self.p2m.m2p.get(mfn)
+        guest = self.memory.frame_words(self._p2m[sp.gfn]) if sp.type == SH_L1 else None
+        m2p, amask = self.p2m.m2p, self._amask
+        for idx, e in self._nonzero(sp.smfn):
+            mfn = (e & amask) >> 12
+            gfn = m2p.get(mfn)
             if gfn is None:
                 bad.append(f"{sp!r} entry {idx} maps mfn {mfn:#x}, not in the domain's P2M")
                 continue
@@ -72,11 +73,10 @@ class ShadowAudit:
                     bad.append(f"{sp!r} entry {idx} maps page-table gfn {gfn:#x} writable")
             if sp.oos:
                 continue
-            if sp.type == SH_FL1:
+            if guest is None:
                 want = {self._fl1e(sp, idx)}
             else:
-                g = self.memory.read_u64(gbase | (idx << 3))
-                want = {self._sl1e_from_guest(g, nxe, sp, idx) for nxe in nxes}
+                want = {self._sl1e_from_guest(guest[idx], nxe, sp, idx) for nxe in nxes}
             if e not in want and e | F_RW not in want:    # left read-only by an old promotion
                 bad.append(f"{sp!r} entry {idx} = {e:#018x} is incoherent with the guest "
                            f"(expected one of {', '.join(f'{w:#x}' for w in want)})")
@@ -86,7 +86,7 @@ class ShadowAudit:
     def _audit_l2(self, sp, nxes, bad) -> None:
         unpaged = sp.type == "l2u"
         gbase = -1 if unpaged else self.p2m.p2m[sp.gfn] << 12
-        for idx, e in self.memory.nonzero_words(sp.smfn):
+        for idx, e in self._nonzero(sp.smfn):
             if sp.type == SH_L2H and idx >= XEN_FIRST_SLOT:
                 continue
             child = self.pool.by_smfn.get((e & self._amask) >> 12)

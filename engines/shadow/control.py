@@ -135,7 +135,7 @@ class ControlOps:
         """No VCPU runs with paging off any more: the physical-mode L2s are in no CR3, so
         their fl1 shadows (writable maps of all memory) go, as an unpinned top would."""
         for sp in self.unpaged:
-            for idx, _e in self.memory.nonzero_words(sp.smfn):
+            for idx, _e in self._nonzero(sp.smfn):
                 self._set_sl2e(sp, idx, 0)
 
     def _trap_cr(self, vcpu: int) -> None:

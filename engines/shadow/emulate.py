@@ -104,9 +104,11 @@ class Emulation:
         gfn = walk.gfn
         if size == 8:
             self.memory.write_u64(maddr, value)
+            flush = self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3, value)
         else:
             self.memory.write_u32(maddr, value)
-        if self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3):
+            flush = self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3)
+        if flush:
             self._flush_all(vcpu)
         vs.half = walk.va if size == 4 and not cont else None
         if size == 4 and maddr & 4:
@@ -147,7 +149,7 @@ class Emulation:
         self.charge(vcpu, "trap", 511)
         self.charge(vcpu, "sh_emulate", 512)
         for sp in list(self.pool.by_gfn.get(gfn, ())):
-            for idx, _e in self.memory.nonzero_words(sp.smfn):
+            for idx, _e in self._nonzero(sp.smfn):
                 if sp.type == "l1":
                     self._set_sl1e(sp, idx, 0)
                 elif not (sp.type == SH_L2H and idx >= 428):

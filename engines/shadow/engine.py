@@ -41,7 +41,7 @@ from .accounting import PF_BOUNCE, PF_DELIVERY, SH_FILL, TRAP, WALK_REF, Account
 from .audit import ShadowAudit
 from .control import ControlOps
 from .emulate import _DONE, _RETRY, Emulation
-from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, PAE, GuestWalk, walk_plan
+from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, PAE, GuestWalk
 from .oos import OutOfSync
 from .options import resolve_options
 from .p2m import HYPERVISOR_VIRT_START, P2M, RO_MPT_END, XenArea
@@ -88,12 +88,13 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         self.M = spec.maxphyaddr
         self._amask = self.mode.frame_mask(self.M)
         self._plans = (PAE.plan(self.M, False), PAE.plan(self.M, True))    # by EFER.NXE
+        self._walkers = tuple(p.walk for p in self._plans)
         self._rsvd = tuple((p.reserved[1], p.reserved[2], p.large_reserved) for p in self._plans)
         c = self._cost
         self._c_trap, self._c_gwref, self._c_fill = c["trap"], c["sh_guest_walk_ref"], c["sh_fill"]
         self._c_bounce = c["pf_bounce"] + c["pf_delivery"]
         self._c_emulate = c["sh_emulate"]
-        self._gread_fn, self._gset_bits_fn = self._gread, self._gset_bits
+        self._gset_bits_fn = self._gset_bits
         self.nr_pages = spec.memory_mib * 256
         pool_pages = self.opt["pool_pages"]
         xen_frames = (pool_pages + spec.vcpus + 4 + 16 + 8
@@ -101,6 +102,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         self.p2m = P2M(self.memory, self.nr_pages, xen_frames, spec.seed)
         self.xen = XenArea(self.memory, self.p2m)
         self._p2m, self._mread = self.p2m.p2m, self.memory.read_u64
+        self._gread_fn = self._make_gread()
         self.pool = ShadowPool(self.p2m.alloc_xen(pool_pages))
         self.mapcount: dict[int, int] = {}
         self.wrmaps: dict[int, set] = {}
@@ -218,8 +220,8 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
             n[TRAP] += 1
         if vs.pg:                                   # the guest walk (guest_walk_tables)
             self._walk_vcpu = vcpu
-            walk = walk_plan(self._plans[vs.nxe], va, access, vs.gl3e, self._gread_fn,
-                             self._gset_bits_fn, vs.wp)
+            walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._gread_fn,
+                                         self._gset_bits_fn, vs.wp)
             refs = walk.refs
             if refs:
                 self._cycles[vcpu] += self._c_gwref * refs
@@ -266,11 +268,20 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         return GuestWalk(va, access, (F_P, pde), (None, None), 2, None, gfn, True, True)
 
     def _gread(self, gpa: int) -> int:
-        gfn = gpa >> 12
-        if gfn >= self.nr_pages:
-            raise AddressError(f"guest page-table entry at guest-physical {gpa:#x} is outside "
-                               f"the domain's {self.nr_pages:#x} pages")
-        return self._mread((self._p2m[gfn] << 12) | (gpa & 0xFFF))
+        return self._gread_fn(gpa)
+
+    def _make_gread(self):
+        """The guest walk's entry read: guest-physical -> P2M -> machine (a closure over the
+        P2M list and memory's read, which the walk calls for every entry)."""
+        nr_pages, p2m, mread = self.nr_pages, self._p2m, self._mread
+
+        def gread(gpa: int) -> int:
+            gfn = gpa >> 12
+            if gfn >= nr_pages:
+                raise AddressError(f"guest page-table entry at guest-physical {gpa:#x} is "
+                                   f"outside the domain's {nr_pages:#x} pages")
+            return mread((p2m[gfn] << 12) | (gpa & 0xFFF))
+        return gread
 
     def _gset_bits(self, gpa: int, bits: int) -> None:
         """set_ad_bits: Xen writes guest A/D itself, then re-propagates that entry."""
@@ -284,15 +295,18 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         """shadow_get_and_create_l1e + l1e_propagate_from_guest (+ prefetch). Returns the
         shadow L1 and index now mapping `va`."""
         vs = self.vs[vcpu]
-        self._prealloc(vcpu, 2)
+        pool = self.pool
+        if len(pool.free) < 2:
+            self._prealloc(vcpu, 2)
         top = vs.tops[va >> 30] if vs.pg else self.unpaged[va >> 30]
         if top is None:
             raise EngineError(f"vcpu {vcpu}: no shadow for PDPT slot {va >> 30} of a guest "
                               f"walk that succeeded")
-        flush = self._set_sl2e(top, (va >> 21) & 511,
-                               self._sl2e_from_guest(walk.entries[1], vs.nxe, vcpu, True))
-        sl2e = self.memory.read_u64((top.smfn << 12) | (((va >> 21) & 511) << 3))
-        sp = self.pool.by_smfn.get((sl2e & self._amask) >> 12) if sl2e & F_P else None
+        i2 = (va >> 21) & 511
+        flush = self._set_sl2e(top, i2, self._sl2e_from_guest(walk.entries[1], vs.nxe, vcpu,
+                                                              True))
+        sl2e = self._mread((top.smfn << 12) | (i2 << 3))
+        sp = pool.by_smfn.get((sl2e & self._amask) >> 12) if sl2e & F_P else None
         idx = (va >> 12) & 511
         if sp is not None:
             flush |= self._set_sl1e(sp, idx, self._sl1e_for(sp, idx, walk.leaf, vs.nxe))

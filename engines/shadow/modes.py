@@ -10,6 +10,10 @@ the guest's tables for one access, sets guest A/D bits exactly as the hardware d
 walk then faults; the leaf gets A, and D on a write, only on success) and *returns* a
 `GuestWalk` record; the caller decides whether to fill a shadow, emulate or inject.
 
+Like Xen, which compiles multi.c once per guest paging level, the walk is written once and
+instantiated per mode (`PagingMode.plan`: the level loop unrolled and the mode's constants
+folded in), so the PAE walk the fault path runs is straight-line code.
+
 Faults follow SDM §4.7 / pae.md §5-7: the first failing level ends the walk; a reserved bit
 in a present entry beats a rights violation; error code P|RSVD for reserved bits, 0 for
 not-present, P for rights; W, U from the access; I/D only for fetches with NXE.
@@ -68,10 +72,11 @@ class PagingMode:
         if plan is None:
             nxe = nxe and self.has_nx
             small, large, tmask = self.masks(maxphyaddr, nxe)
-            plan = self._plans[key] = WalkPlan(
+            plan = WalkPlan(
                 self, maxphyaddr, nxe, self.levels, self.top_in_registers, self.shifts,
                 tuple(n - 1 for n in self.entries), self.entry_bytes, small,
                 self.large_level if pse or self.name == "pae" else 0, large, tmask)
+            plan = self._plans[key] = plan._replace(walk=_compile_walk(plan))
         return plan
 
     def frame_mask(self, maxphyaddr: int) -> int:
@@ -123,6 +128,7 @@ class WalkPlan(NamedTuple):
     large_level: int                # 0 when PS is ignored (2-level without CR4.PSE)
     large_reserved: int
     table_mask: int
+    walk: Callable = None           # the walk compiled for this plan (`_compile_walk`)
 
 
 PAE = PagingMode("pae", levels=3, entry_bytes=8, entries=(0, 512, 512, 4),
@@ -183,51 +189,90 @@ def guest_walk(mode: PagingMode, va: int, access: int, *, top, read: ReadFn,
 def walk_plan(plan: WalkPlan, va: int, access: int, top, read: ReadFn,
               set_bits: SetBitsFn | None, wp: bool) -> GuestWalk:
     """`guest_walk` with the mode's constants already looked up (the fault path's form)."""
-    (mode, maxphyaddr, nxe, level, in_registers, shifts, imasks, ebytes, small, large_level,
-     large_mask, tmask) = plan
+    return plan.walk(va, access, top, read, set_bits, wp)
+
+
+# -- the walker, instantiated per mode ------------------------------------------------------
+# Xen builds multi.c once per GUEST_PAGING_LEVELS; here `_compile_walk` writes the one walk
+# below out for a plan: the level loop unrolled (one block per level, top down) and the
+# plan's masks, shifts and sizes as constants, so a PAE walk is straight-line code. Each
+# block: read the entry (PDPTEs: from `top`), stop on not-present, on a PS=1 entry at the
+# large level (reserved bits, else a leaf), on reserved bits; AND its R/W, U/S into
+# `rights`, OR it into `xd`; a table entry then gets A (set_bits) and the walk goes down.
+# The leaf block checks the access against the rights and sets A (and D on a write).
+
+def _compile_walk(plan: WalkPlan) -> Callable:
+    (_mode, _m, nxe, levels, in_registers, shifts, imasks, ebytes, small, large_level,
+     large_mask, tmask) = plan[:12]
+    out = ["def walk(va, access, top, read, set_bits, wp):",
+           f"    rights = {F_RW | F_US}", "    xd = 0"]
+    entries: list[str] = []         # expressions of the entries read so far, as recorded
+    gpas: list[str] = []
+    refs = 0
+
+    def fault(level: int, code: int, ind: str = "    ") -> str:
+        return (f"{ind}return _fault(va, access, ({''.join(e + ', ' for e in entries)}), "
+                f"({''.join(g + ', ' for g in gpas)}), {level}, {code}, {nxe}, {refs})")
+
+    def leaf(level: int, ind: str) -> list[str]:
+        e, g = entries[-1], gpas[-1]
+        done = entries[:-1] + ["e"]
+        gfn = (f"({e} & {tmask}) >> 12" if level == 1
+               else f"mode.leaf_gfn({e}, {level}, va, {_m})")
+        return [f"{ind}nx = {'bool(xd & F_XD)' if nxe else 'False'}",
+                (f"{ind}if ((access & A_USER and not rights & F_US)"
+                 f" or (access & A_WRITE and not rights & F_RW and (access & A_USER or wp))"
+                 f" or (access & A_FETCH and nx)):"),
+                fault(level, PFEC_P, ind + "    "),
+                f"{ind}want = F_A | F_D if access & A_WRITE else F_A",
+                f"{ind}e = {e}",
+                f"{ind}if e & want != want and set_bits is not None:",
+                f"{ind}    set_bits({g}, want)",
+                f"{ind}    e |= want",
+                (f"{ind}return _new(GuestWalk, (va, access, ({', '.join(done)},), "
+                 f"({', '.join(gpas)},), {level}, None, {gfn}, bool(rights & F_RW), "
+                 f"bool(rights & F_US), nx, {refs}))")]
+
+    level = levels
     if in_registers:
-        e = top[(va >> shifts[level]) & imasks[level]]
-        if not e & F_P:
-            return _fault(va, access, (e,), (None,), level, 0, nxe, 0)
-        entries: list[int] = [e]
-        gpas: list[int | None] = [None]
-        table = e & tmask
+        out.append(f"    e{level} = top[(va >> {shifts[level]}) & {imasks[level]}]")
+        entries, gpas = [f"e{level}"], ["None"]
+        out += [f"    if not e{level} & F_P:", fault(level, 0, "        "),
+                f"    t = e{level} & {tmask}"]
         level -= 1
     else:
-        entries, gpas = [], []
-        table = top & tmask
-    refs = 0
-    rights = F_RW | F_US                    # AND of every entry's R/W and U/S
-    xd = 0                                  # OR of every entry's XD
-    while True:
-        gpa = table + ((va >> shifts[level]) & imasks[level]) * ebytes
-        e = read(gpa)
+        out.append(f"    t = top & {tmask}")
+    while level:
+        e, g = f"e{level}", f"g{level}"
+        out += [f"    {g} = t + ((va >> {shifts[level]}) & {imasks[level]}) * {ebytes}",
+                f"    {e} = read({g})"]
         refs += 1
         entries.append(e)
-        gpas.append(gpa)
-        if not e & F_P:
-            return _fault(va, access, entries, gpas, level, 0, nxe, refs)
-        large = level == large_level and e & F_PS
-        if e & (large_mask if large else small[level]):
-            return _fault(va, access, entries, gpas, level, PFEC_P | PFEC_RSVD, nxe, refs)
-        rights &= e
-        xd |= e
-        if level == 1 or large:
-            break
-        if not e & F_A and set_bits is not None:       # a used non-leaf entry gets A
-            set_bits(gpa, F_A)
-            entries[-1] = e | F_A
-        table = e & tmask
+        gpas.append(g)
+        out += [f"    if not {e} & F_P:", fault(level, 0, "        ")]
+        if level == large_level and level > 1:
+            out += [f"    if {e} & F_PS:"]
+            if large_mask:
+                out += [f"        if {e} & {large_mask}:",
+                        fault(level, PFEC_P | PFEC_RSVD, "            ")]
+            out += [f"        rights &= {e}", f"        xd |= {e}"] + leaf(level, "        ")
+        if small[level]:
+            out += [f"    if {e} & {small[level]}:", fault(level, PFEC_P | PFEC_RSVD, "        ")]
+        out += [f"    rights &= {e}", f"    xd |= {e}"]
+        if level == 1:
+            out += leaf(1, "    ")
+        else:
+            out += [f"    if not {e} & F_A and set_bits is not None:",
+                    f"        set_bits({g}, F_A)", f"        a{level} = {e} | F_A",
+                    "    else:", f"        a{level} = {e}",
+                    f"    t = {e} & {tmask}"]
+            entries[-1] = f"a{level}"
         level -= 1
-    nx = bool(nxe and xd & F_XD)
-    if ((access & A_USER and not rights & F_US)
-            or (access & A_WRITE and not rights & F_RW and (access & A_USER or wp))
-            or (access & A_FETCH and nx)):
-        return _fault(va, access, entries, gpas, level, PFEC_P, nxe, refs)
-    want = F_A | F_D if access & A_WRITE else F_A
-    if e & want != want and set_bits is not None:
-        set_bits(gpa, want)
-        entries[-1] = e | want
-    gfn = (e & tmask) >> 12 if level == 1 else mode.leaf_gfn(e, level, va, maxphyaddr)
-    return _new_walk(GuestWalk, (va, access, tuple(entries), tuple(gpas), level, None, gfn,
-                                 bool(rights & F_RW), bool(rights & F_US), nx, refs))
+    namespace = {"_fault": _fault, "_new": _new_walk, "GuestWalk": GuestWalk, "mode": _mode,
+                 "F_P": F_P, "F_PS": F_PS, "F_A": F_A, "F_D": F_D, "F_RW": F_RW,
+                 "F_US": F_US, "F_XD": F_XD, "A_USER": A_USER, "A_WRITE": A_WRITE,
+                 "A_FETCH": A_FETCH}
+    source = "\n".join(out)            # only this module's own text and the plan's integers
+    exec(compile(source, f"<guest walk: {_mode.name}, plan {plan[1:3]}>", "exec"),  # noqa: S102
+         namespace)
+    return namespace["walk"]

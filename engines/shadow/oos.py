@@ -23,6 +23,8 @@ This is a mixin of `ShadowEngine`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import compress, count
+from operator import is_not
 
 from .modes import F_RW
 from .pool import SH_L1, ShadowPage
@@ -92,8 +94,12 @@ class OutOfSync:
             sl1.oos = False
             nxe = self.vs[rec.vcpu].nxe
             words = self.memory.frame_words(self.p2m.p2m[gfn])
-            for idx, (now, then) in enumerate(zip(words, rec.snapshot)):
-                if now != then:
+            snap = rec.snapshot
+            # the entries that changed (the snapshot shares the word objects of those that
+            # were not rewritten, so an identity test finds the candidates)
+            for idx in compress(count(), map(is_not, words, snap)):
+                now = words[idx]
+                if now != snap[idx]:
                     flush |= self._set_sl1e(sl1, idx, self._sl1e_from_guest(now, nxe, sl1, idx))
         for smfn, idx in rec.fixups:
             sp = self.pool.by_smfn.get(smfn)

@@ -25,6 +25,8 @@ This is a mixin of `ShadowEngine`; the attributes it uses are set up in engine.p
 """
 from __future__ import annotations
 
+from itertools import compress, count
+
 from engines.api import GuestCrash
 
 from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, F_XD
@@ -166,6 +168,14 @@ class ShadowOps:
             return True
         return False
 
+    def _nonzero(self, mfn: int) -> list[tuple[int, int]]:
+        """`memory.nonzero_words(mfn)` (index, value) in index order, the scan done in C."""
+        memory = self.memory
+        if not memory.is_materialised(mfn):
+            return []
+        words = memory.frame_words(mfn)
+        return [(i, words[i]) for i in compress(range(512), words)]
+
     # -- making and destroying shadows -------------------------------------------------------
     def _new_shadow(self, vcpu: int, type_: str, gfn: int, key: tuple) -> ShadowPage:
         if not self.pool.free:
@@ -211,16 +221,40 @@ class ShadowOps:
     def _destroy(self, sp: ShadowPage) -> None:
         """sh_destroy_shadow: drop every entry's reference and free the page."""
         if sp.type in (SH_L1, SH_FL1):
-            for idx, _e in self.memory.nonzero_words(sp.smfn):
-                self._set_sl1e(sp, idx, 0)
+            self._clear_l1(sp)
             if sp.oos:
                 self._drop_oos(sp.gfn)
         else:
-            for idx, _e in self.memory.nonzero_words(sp.smfn):
+            for idx, _e in self._nonzero(sp.smfn):
                 if not (sp.type == SH_L2H and idx >= XEN_FIRST_SLOT):
                     self._set_sl2e(sp, idx, 0)
             self.memory.zero_frame(sp.smfn)
         self.pool.give_back(sp)
+
+    def _clear_l1(self, sp: ShadowPage) -> None:
+        """`_set_sl1e(sp, idx, 0)` for every non-zero entry, in index order, in one pass:
+        the same reference and writable-mapping bookkeeping, and the frame left holding
+        zeros (still materialised, as entry-by-entry stores leave it)."""
+        memory = self.memory
+        words = self._nonzero(sp.smfn)
+        if not words:
+            return
+        smfn, amask, mapcount, wrmaps = sp.smfn, self._amask, self.mapcount, self.wrmaps
+        for idx, old in words:
+            if old & F_P:
+                mfn = (old & amask) >> 12
+                n = mapcount[mfn] - 1
+                if n:
+                    mapcount[mfn] = n
+                else:
+                    del mapcount[mfn]
+                if old & F_RW:
+                    maps = wrmaps[mfn]
+                    maps.discard((smfn, idx))
+                    if not maps:
+                        del wrmaps[mfn]
+        memory.zero_frame(smfn)
+        memory.write_u64(smfn << 12, 0)
 
     def _unpin(self, sp: ShadowPage) -> None:
         if sp.pinned:
@@ -231,13 +265,15 @@ class ShadowOps:
                 self._destroy(sp)
 
     # -- guest page-table writes ------------------------------------------------------------
-    def _validate_gpte(self, vcpu: int, gfn: int, idx: int) -> bool:
-        """sh_validate_guest_entry: re-propagate entry `idx` of guest frame `gfn` into every
-        shadow of it. True when a TLB flush is needed."""
+    def _validate_gpte(self, vcpu: int, gfn: int, idx: int, word: int | None = None) -> bool:
+        """sh_validate_guest_entry: re-propagate entry `idx` of guest frame `gfn` (holding
+        `word`, read here if not given) into every shadow of it. True when a TLB flush is
+        needed."""
         shadows = self.pool.by_gfn.get(gfn)
         if not shadows:
             return False
-        word = self.memory.read_u64((self._p2m[gfn] << 12) | (idx << 3))
+        if word is None:
+            word = self.memory.read_u64((self._p2m[gfn] << 12) | (idx << 3))
         nxe = self.vs[vcpu].nxe
         if len(shadows) == 1 and shadows[0].type == SH_L1:      # the common case
             sp = shadows[0]
@@ -265,7 +301,7 @@ class ShadowOps:
                     return
         self._stats["sh.prealloc_unhook"] += 1            # 2: unhook the tops in use
         for sp in self._tops_in_use():
-            for idx, _e in self.memory.nonzero_words(sp.smfn):
+            for idx, _e in self._nonzero(sp.smfn):
                 if not (sp.type == SH_L2H and idx >= XEN_FIRST_SLOT):
                     self._set_sl2e(sp, idx, 0)
         self._flush_all(vcpu)
@@ -284,20 +320,22 @@ class ShadowOps:
 
     # -- prefetch ---------------------------------------------------------------------------------
     def _prefetch(self, vcpu: int, sp: ShadowPage, idx: int) -> bool:
-        """SHOPT_PREFETCH: propagate the following guest entries whose shadows are empty."""
-        sbase = sp.smfn << 12
-        gbase = self.p2m.p2m[sp.gfn] << 12
+        """SHOPT_PREFETCH: propagate the following guest entries whose shadows are empty,
+        up to the first shadow entry already present. (Both pages are read whole up front:
+        each step writes only its own shadow entry.)"""
+        first, end = idx + 1, min(idx + PREFETCH_DISTANCE, 512)
+        if first >= end:
+            return False
+        swords = self.memory.frame_words(sp.smfn)[first:end]
+        n = next(compress(count(), swords), len(swords))       # empty shadow entries ahead
+        if not n:
+            return False
+        gwords = self.memory.frame_words(self._p2m[sp.gfn])
         nxe = self.vs[vcpu].nxe
-        read = self.memory.read_u64
         flush = False
-        n = 0
-        for j in range(idx + 1, min(idx + PREFETCH_DISTANCE, 512)):
-            if read(sbase | (j << 3)):
-                break
-            n += 1
-            e = self._sl1e_from_guest(read(gbase | (j << 3)), nxe, sp, j)
+        for j in compress(range(first, first + n), gwords[first:first + n]):   # non-zero
+            e = self._sl1e_from_guest(gwords[j], nxe, sp, j)
             if e:
                 flush |= self._set_sl1e(sp, j, e)
-        if n:
-            self.charge(vcpu, "sh_prefetch_entry", n)
+        self.charge(vcpu, "sh_prefetch_entry", n)
         return flush

@@ -24,6 +24,7 @@ This is a mixin of `ShadowEngine`.
 """
 from __future__ import annotations
 
+from .accounting import IPI_EXIT, TLB_FLUSH
 from .modes import F_P, F_RW
 from .p2m import HYPERVISOR_VIRT_START
 from .pool import SH_FL1, SH_L1
@@ -121,12 +122,16 @@ class WriteAccess:
     def _flush_all(self, vcpu: int) -> None:
         """flush_tlb_mask over the VCPUs that have run: local flush plus one IPI each."""
         self._stats["sh.flush_tlb_mask"] += 1
+        n, cycles, cost, cpus = self._n, self._cycles, self._hot_cost, self.cpus
+        vmexit = "sh_flush_ipi_exit" in self._cost        # early VT-x: the IPI is a VM exit
         for v, vs in enumerate(self.vs):
             if v == vcpu:
-                self.charge(vcpu, "tlb_flush")
-                self.cpus[v].flush_tlb(False)
+                cycles[vcpu] += cost[TLB_FLUSH]
+                n[TLB_FLUSH] += 1
+                cpus[v].flush_tlb(False)
             elif vs.up:
                 self.ipi(vcpu, v)
-                if "sh_flush_ipi_exit" in self._cost:     # early VT-x: the IPI is a VM exit
-                    self.charge(v, "sh_flush_ipi_exit")
-                self.cpus[v].flush_tlb(False)
+                if vmexit:
+                    cycles[v] += cost[IPI_EXIT]
+                    n[IPI_EXIT] += 1
+                cpus[v].flush_tlb(False)
