@@ -51,14 +51,15 @@ class PageInfo:
     __slots__ = ("mfn", "owner", "count", "type", "tcount", "pinned", "validated", "xen_l2",
                  "stamp")
 
-    def __init__(self, mfn: int, owner: int):
+    def __init__(self, mfn: int, owner: int, count: int = 0, type_: PGT = PGT.NONE,
+                 tcount: int = 0, validated: bool = False):
         self.mfn = mfn
         self.owner = owner
-        self.count = 0          # count_info & PGC_count_mask
-        self.type = PGT.NONE
-        self.tcount = 0
+        self.count = count      # count_info & PGC_count_mask
+        self.type = type_
+        self.tcount = tcount
         self.pinned = False
-        self.validated = False
+        self.validated = validated
         self.xen_l2 = False     # PGT_pae_xen_l2
         self.stamp = 0          # tlbflush_timestamp
 
@@ -82,8 +83,7 @@ class _Pages(dict):
         owner = self.lazy_owner.get(mfn)
         if owner is None:
             raise KeyError(mfn)
-        info = self[mfn] = PageInfo(mfn, owner)
-        info.count = 1
+        info = self[mfn] = PageInfo(mfn, owner, 1)
         return info
 
     def get(self, mfn, default=None):
@@ -103,26 +103,28 @@ class FrameTable:
 
     def __init__(self):
         self.guest_mfns: set[int] = set()     # every frame of the domain
-        self._lazy: dict[int, int] = {}
-        self.pages: dict[int, PageInfo] = _Pages(self._lazy)
+        self.lazy_owner: dict[int, int] = {}   # frames not materialised yet: mfn -> owner
+        self.pages: dict[int, PageInfo] = _Pages(self.lazy_owner)
         self.pt_frames: set[int] = set()     # frames with a page-table type count > 0
         self.pinned: set[int] = set()        # frames with PGT_pinned
         self.touched: set[int] = set()       # counts or type changed since the last audit
         self.tlbclock = 1                    # tlbflush_clock
+        self.replaced = 0                    # PageInfo objects replaced by add()
         self.alloc_page_type: Callable[[PageInfo, PGT], bool] = lambda i, t: True
         self.free_page_type: Callable[[PageInfo, PGT], None] = lambda i, t: None
         self.flush_stale: Callable[[PageInfo], None] = lambda i: None
 
     # -- frames -----------------------------------------------------------------------------
     def add(self, mfn: int, owner: int, allocated: bool = True) -> PageInfo:
-        info = self.pages[mfn] = PageInfo(mfn, owner)
-        info.count = 1 if allocated else 0      # the allocation reference (PGC_allocated)
+        # count 1: the allocation reference (PGC_allocated)
+        if mfn in self.pages:
+            self.replaced += 1          # a PageInfo object others may hold goes stale
+        info = self.pages[mfn] = PageInfo(mfn, owner, 1 if allocated else 0)
         return info
 
     def add_domain_frames(self, mfns, owner: int) -> None:
         """Frames allocated to a domain (count 1, no type), materialised lazily."""
-        for mfn in mfns:
-            self._lazy[mfn] = owner
+        self.lazy_owner.update(dict.fromkeys(mfns, owner))
         self.guest_mfns.update(mfns)
 
     def set_pinned(self, mfn: int, on: bool) -> None:

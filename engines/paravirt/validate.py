@@ -19,11 +19,12 @@ copies coherent) is delegated to the engine's `XenArea` through the hooks it pas
 """
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Callable
 
 from engines.hw import PhysicalMemory
 
-from .frames import PGT, FrameTable, PageInfo
+from .frames import PGC_COUNT_MAX, PGT, PGT_COUNT_MAX, FrameTable, PageInfo
 
 P, RW = 0x1, 0x2
 PADDR_MASK = ((1 << 44) - 1) & ~0xFFF            # Xen's PADDR_BITS = 44
@@ -40,6 +41,7 @@ L3_LIMIT_MFN = 0x100000                          # below 4 GiB without extended-
 
 
 _dget = dict.get      # the frame table without materialising (fast paths fall back)
+_NONE, _L1, _WRITABLE = PGT.NONE, PGT.L1, PGT.WRITABLE
 
 
 def pte_flags(entry: int) -> int:
@@ -70,6 +72,8 @@ class Validator:
         self.l3_below_4g_enforced = False   # once vcpu0 is up (tools get slack)
         self.allow_shared_xen_l2 = False    # strategy: may several L3s share slot 3's L2?
         self.last_error = ""
+        self._kl2_cache: dict[tuple, tuple] = {}    # kernel L2 guest slots -> _kernel_l2
+        self._kl2_replaced = frames.replaced
         frames.alloc_page_type = self.alloc_page_type
         frames.free_page_type = self.free_page_type
 
@@ -81,18 +85,36 @@ class Validator:
     def get_page_from_l1e(self, e: int) -> bool:
         if not e & P:
             return True
-        if not e & L1_DISALLOW_RAW and e & RW:       # fast paths for writable data frames
-            info = self.frames.pages.get((e & PADDR_MASK) >> 12)
-            if info is not None and info.owner == self.dom and info.count < 0x1FFFFFFF:
-                if info.type == PGT.WRITABLE and 0 < info.tcount < 0xFFFF:
-                    info.count += 1
-                    info.tcount += 1
-                    self.frames.touched.add(info.mfn)
+        if not e & L1_DISALLOW_RAW:
+            # fast paths: a data frame of the domain, for which get_page (and, if RW,
+            # get_page_type(WRITABLE)) cannot fail and needs no flush, done in one step
+            frames = self.frames
+            m = (e & PADDR_MASK) >> 12
+            info = _dget(frames.pages, m)
+            if info is None:
+                owner = frames.lazy_owner.get(m)
+                if owner is not None and owner == self.dom:
+                    # never used: count 1 (allocation), no type, stamp 0 (no stale TLB)
+                    frames.pages[m] = (PageInfo(m, owner, 2, _WRITABLE, 1, True) if e & RW
+                                       else PageInfo(m, owner, 2))
+                    frames.touched.add(m)
                     return True
-                if info.type == PGT.NONE and not info.tcount and not info.stamp:
-                    info.count += 1                  # never typed: no TLB can be stale
-                    info.type, info.tcount, info.validated = PGT.WRITABLE, 1, True
-                    self.frames.touched.add(info.mfn)
+            elif info.owner == self.dom and info.count < PGC_COUNT_MAX:
+                if not e & RW:
+                    info.count += 1
+                    frames.touched.add(m)
+                    return True
+                if info.type == _WRITABLE:
+                    if info.tcount < PGT_COUNT_MAX and (
+                            info.tcount or (info.validated and not info.xen_l2)):
+                        info.count += 1
+                        info.tcount += 1
+                        frames.touched.add(m)
+                        return True
+                elif info.type == _NONE and not info.tcount and not info.stamp:
+                    info.count += 1
+                    info.type, info.tcount, info.validated = _WRITABLE, 1, True
+                    frames.touched.add(m)
                     return True
         if pte_flags(e) & L1_DISALLOW_MASK:
             return self._fail(f"L1e {e:#018x}: disallowed flags "
@@ -111,10 +133,15 @@ class Validator:
         if not e & P:
             return
         mfn = entry_mfn(e)
-        if e & RW:                                   # fast path: other writable holders
-            info = _dget(self.frames.pages, mfn)
-            if info is not None and info.tcount > 1 and info.count > 1:
-                info.tcount -= 1
+        info = _dget(self.frames.pages, mfn)
+        if info is not None:                         # fast paths
+            if e & RW:
+                if info.tcount > 1 and info.count > 1:   # other writable holders remain
+                    info.tcount -= 1
+                    info.count -= 1
+                    self.frames.touched.add(mfn)
+                    return
+            elif info.count > 0:                     # put_page of a read-only mapping
                 info.count -= 1
                 self.frames.touched.add(mfn)
                 return
@@ -173,20 +200,21 @@ class Validator:
             self.frames.put_page_and_type(entry_mfn(e))
 
     # -- whole tables -----------------------------------------------------------------------
+    # alloc_lN_table / free_lN_table. The loops below inline the single-entry fast paths of
+    # get/put_page_from_lNe (same tests, same order, same side effects) and fall back to the
+    # methods above for everything else; zero words are skipped in C (`filter(None, ...)`)
+    # before the present test. A table is read once, before its first entry is taken.
     def _entries(self, mfn: int, limit: int = 512) -> list[int]:
         """The present entries of a table, slots below `limit`."""
         words = self.memory.frame_words(mfn)
-        return [e for e in (words[:limit] if limit < 512 else words) if e & P]
+        return [e for e in filter(None, words[:limit] if limit < 512 else words) if e & P]
 
     def alloc_page_type(self, info: PageInfo, type_: PGT) -> bool:
         self.charge("pv_validate_table", 1)
         if type_ == PGT.L1:
-            return self._alloc_table(info.mfn, self.get_page_from_l1e,
-                                     self.put_page_from_l1e, 512)
+            return self._alloc_l1(info.mfn)
         if type_ == PGT.L2:
-            limit = FIRST_XEN_SLOT if info.xen_l2 else 512
-            if not self._alloc_table(info.mfn, self.get_page_from_l2e,
-                                     self.put_page_from_l2e, limit):
+            if not self._alloc_l2(info.mfn, FIRST_XEN_SLOT if info.xen_l2 else 512):
                 return False
             if info.xen_l2:
                 self.hooks.l2_validated(info)
@@ -195,24 +223,125 @@ class Validator:
             return self._alloc_l3(info)
         return True
 
-    def _alloc_table(self, mfn: int, get: Callable[[int], bool], put: Callable[[int], None],
-                     limit: int) -> bool:
-        done: list[int] = []
-        for e in self._entries(mfn, limit):
+    def _alloc_l1(self, mfn: int) -> bool:
+        words = self.memory.frame_words(mfn)
+        present = [e for e in filter(None, words) if e & P]
+        if present and self._alloc_l1_fresh(present):
+            self.charge("pv_validate_entry", len(present))
+            return True
+        get = self.get_page_from_l1e
+        n = 0
+        for e in present:
             if not get(e):
-                self.charge("pv_validate_entry", len(done) + 1)
-                for old in reversed(done):     # XSA-58: release exactly what was taken
-                    put(old)
-                return False
-            done.append(e)
-        self.charge("pv_validate_entry", len(done))
+                return self._undo(words, 512, n, self.put_page_from_l1e)
+            n += 1
+        self.charge("pv_validate_entry", n)
         return True
+
+    def _alloc_l1_fresh(self, present: list[int]) -> bool:
+        """An L1 whose entries are all writable mappings of distinct frames of the domain
+        that were never used (a direct map being built): each entry would take
+        get_page_from_l1e's never-used path, so do them all at once. False: nothing done."""
+        if set(map((L1_DISALLOW_RAW | RW | P).__and__, present)) != {RW | P}:
+            return False
+        frames, dom = self.frames, self.dom
+        mfns = [(e & PADDR_MASK) >> 12 for e in present]
+        if (len(set(mfns)) != len(mfns) or any(map(frames.pages.__contains__, mfns))
+                or set(map(frames.lazy_owner.get, mfns)) != {dom}):
+            return False
+        n = len(mfns)
+        frames.pages.update(zip(mfns, map(PageInfo, mfns, repeat(dom, n), repeat(2, n),
+                                          repeat(_WRITABLE, n), repeat(1, n),
+                                          repeat(True, n))))
+        frames.touched.update(mfns)
+        return True
+
+    def _alloc_l2(self, mfn: int, limit: int) -> bool:
+        words = self.memory.frame_words(mfn)
+        if limit == FIRST_XEN_SLOT:
+            hit = self._kernel_l2(words)
+            if hit is not None:                  # same checks, same order, fewer lookups
+                present, infos, mfns = hit
+                dom, n = self.dom, 0
+                for info in infos:
+                    if not (info.owner == dom and info.type == _L1 and info.tcount
+                            and info.tcount < PGT_COUNT_MAX and info.count < PGC_COUNT_MAX):
+                        break
+                    info.count += 1
+                    info.tcount += 1
+                    n += 1
+                else:
+                    self.frames.touched.update(mfns)
+                    self.charge("pv_validate_entry", n)
+                    return True
+                return self._alloc_l2_entries(words, limit, present, n)
+        present = [e for e in filter(None, words[:limit] if limit < 512 else words) if e & P]
+        return self._alloc_l2_entries(words, limit, present, 0)
+
+    def _alloc_l2_entries(self, words: list[int], limit: int, present: list[int],
+                          n: int) -> bool:
+        """alloc_l2_table from present entry n on (the n before it are taken)."""
+        dom, pages = self.dom, self.frames.pages
+        try:
+            for e in present[n:] if n else present:
+                if not e & L2_DISALLOW_RAW:             # get_page_from_l2e's fast path
+                    info = _dget(pages, (e & PADDR_MASK) >> 12)
+                    if (info is not None and info.owner == dom and info.type == _L1
+                            and info.tcount and info.tcount < PGT_COUNT_MAX
+                            and info.count < PGC_COUNT_MAX):
+                        info.count += 1
+                        info.tcount += 1
+                        n += 1
+                        continue
+                if not self.get_page_from_l2e(e):
+                    return self._undo(words, limit, n, self.put_page_from_l2e)
+                n += 1
+        finally:
+            self._touch(present, n)
+        self.charge("pv_validate_entry", n)
+        return True
+
+    def _kernel_l2(self, words: list[int]):
+        """(present entries, their PageInfos, their mfns) of a kernel L2's guest slots, when
+        every entry passes get_page_from_l2e's flag test and every target has a PageInfo;
+        else None. Per-pagetable pins validate one private copy of the same kernel L2 per
+        pgd, so the result is kept per content (a PageInfo, once made, stays the frame's
+        own unless FrameTable.add replaces it)."""
+        if self._kl2_replaced != self.frames.replaced or len(self._kl2_cache) > 64:
+            self._kl2_cache.clear()
+            self._kl2_replaced = self.frames.replaced
+        key = tuple(words[:FIRST_XEN_SLOT])
+        hit = self._kl2_cache.get(key)
+        if hit is None:
+            present = [e for e in filter(None, key) if e & P]
+            if any(e & L2_DISALLOW_RAW for e in present):
+                return None
+            mfns = [(e & PADDR_MASK) >> 12 for e in present]
+            infos = [_dget(self.frames.pages, m) for m in mfns]
+            if None in infos:
+                return None
+            hit = self._kl2_cache[key] = (present, infos, mfns)
+        return hit
+
+    def _touch(self, present: list[int], n: int) -> None:
+        """The fast paths' `touched.add` of the first n entries' targets, batched (a target
+        the general path took a reference on is in the set already)."""
+        self.frames.touched.update([(e & PADDR_MASK) >> 12 for e in present[:n]])
+
+    def _undo(self, words: list[int], limit: int, n: int, put: Callable[[int], None]) -> bool:
+        """Entry n of a table failed: charge the n + 1 entries looked at and release the n
+        taken, last first (XSA-58: exactly what was taken)."""
+        self.charge("pv_validate_entry", n + 1)
+        done = [e for e in words[:limit] if e & P][:n]
+        for old in reversed(done):
+            put(old)
+        return False
 
     def _alloc_l3(self, info: PageInfo) -> bool:
         if info.mfn >= L3_LIMIT_MFN and not self.extended_cr3 and self.l3_below_4g_enforced:
             return self._fail(f"L3 mfn {info.mfn:#x} is above 4 GiB and the guest has not "
                               f"enabled VMASST_TYPE_pae_extended_cr3")
-        entries = [self.memory.read_u64((info.mfn << 12) + 8 * i) for i in range(4)]
+        entries = self.memory.frame_words(info.mfn)[:4]
         done = []
         self.charge("pv_validate_entry", 4)
         for slot, e in enumerate(entries):
@@ -233,22 +362,70 @@ class Validator:
     def free_page_type(self, info: PageInfo, type_: PGT) -> None:
         mfn = info.mfn
         if type_ == PGT.L1:
-            for e in self._entries(mfn):
-                self.put_page_from_l1e(e)
+            self._free_l1(mfn)
         elif type_ == PGT.L2:
-            for e in self._entries(mfn, FIRST_XEN_SLOT if info.xen_l2 else 512):
-                self.put_page_from_l2e(e)
+            self._free_l2(mfn, FIRST_XEN_SLOT if info.xen_l2 else 512)
         elif type_ == PGT.L3:
             for e in self._entries(mfn, 4):
                 self.put_page_from_l3e(e)
         self.hooks.table_freed(info)
+
+    def _free_l1(self, mfn: int) -> None:
+        pages = self.frames.pages
+        present = [e for e in filter(None, self.memory.frame_words(mfn)) if e & P]
+        n = 0
+        try:
+            for e in present:
+                info = _dget(pages, (e & PADDR_MASK) >> 12)
+                if info is not None and (                # put_page_from_l1e's fast paths
+                        (info.tcount > 1 and info.count > 1) if e & RW else info.count > 0):
+                    info.count -= 1
+                    if e & RW:
+                        info.tcount -= 1
+                else:
+                    self.put_page_from_l1e(e)
+                n += 1
+        finally:
+            self._touch(present, n)
+
+    def _free_l2(self, mfn: int, limit: int) -> None:
+        words = self.memory.frame_words(mfn)
+        n = 0
+        if limit == FIRST_XEN_SLOT:
+            hit = self._kernel_l2(words)
+            if hit is not None:                 # put_page_from_l2e's fast path, fewer lookups
+                present, infos, mfns = hit
+                for info in infos:
+                    if not (info.tcount > 1 and info.count > 1):
+                        break
+                    info.tcount -= 1
+                    info.count -= 1
+                    n += 1
+                else:
+                    self.frames.touched.update(mfns)
+                    return
+        if not n:
+            present = [e for e in filter(None, words[:limit] if limit < 512 else words)
+                       if e & P]
+        pages = self.frames.pages
+        try:
+            for e in present[n:] if n else present:
+                info = _dget(pages, (e & PADDR_MASK) >> 12)
+                if info is not None and info.tcount > 1 and info.count > 1:   # fast path
+                    info.tcount -= 1
+                    info.count -= 1
+                else:
+                    self.put_page_from_l2e(e)
+                n += 1
+        finally:
+            self._touch(present, n)
 
     # -- checked updates (mod_lN_entry) -----------------------------------------------------
     def mod_l1_entry(self, old: int, write: Callable[[int], bool], new: int) -> bool:
         """Update one L1e whose current value is `old`; `write` stores through a machine or
         linear access and returns False if the store faulted (nothing is changed then)."""
         if new & P:
-            if pte_flags(new) & L1_DISALLOW_MASK:
+            if new & L1_DISALLOW_RAW:                # == pte_flags(new) & L1_DISALLOW_MASK
                 return self._fail(f"L1e {new:#018x}: disallowed flags "
                                   f"{pte_flags(new) & L1_DISALLOW_MASK:#x}")
             if old & P and not (old ^ new) & ~FASTPATH_WHITELIST:
