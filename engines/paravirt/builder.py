@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from itertools import islice
 
 from engines.api.xen import SIF_PRIVILEGED, StartInfo
 
@@ -65,15 +66,29 @@ def _pages(nbytes: int) -> int:
     return (nbytes + 4095) >> 12
 
 
-def _write_u32_array(memory, base: int, entries: dict[int, int]) -> None:
-    """Store 4-byte entries (index -> value) of an array at machine address `base`,
-    pairing neighbours into one 8-byte store."""
+def _write_u32_array(memory, base: int, entries) -> None:
+    """Store 4-byte entries ((index, value) pairs) of an array at machine address `base`,
+    pairing neighbours into one 8-byte store (words in order of first appearance; a word
+    that stays 0 is not written)."""
     words: dict[int, int] = {}
-    for i, value in entries.items():
-        words[i >> 1] = words.get(i >> 1, 0) | (value << (32 * (i & 1)))
+    get = words.get
+    for i, value in entries:
+        words[i >> 1] = get(i >> 1, 0) | (value << ((i & 1) << 5))
+    write = memory.write_u64
     for w, value in words.items():
         if value:
-            memory.write_u64(base + 8 * w, value)
+            write(base + 8 * w, value)
+
+
+def _write_u32_list(memory, base: int, values: list[int]) -> None:
+    """Store values[0..] as consecutive 4-byte entries at `base` (as _write_u32_array over
+    enumerate(values), without the dictionary)."""
+    if len(values) & 1:
+        values = values + [0]
+    write = memory.write_u64
+    for w, (lo, hi) in enumerate(zip(values[0::2], values[1::2])):
+        if lo or hi:
+            write(base + 8 * w, lo | (hi << 32))
 
 
 def scatter(first: int, end: int, n: int, seed: int) -> list[int]:
@@ -85,8 +100,9 @@ def scatter(first: int, end: int, n: int, seed: int) -> list[int]:
     a = rng.randrange(1 << (k - 1), 1 << k) | 1
     b = rng.randrange(1 << k)
     mask = (1 << k) - 1
-    out = [v for v in ((a * x + b) & mask for x in range(min(1 << k, 2 * n + 64)))
-           if v < span][:n]
+    tried = min(1 << k, 2 * n + 64)
+    # (a*x + b) & mask for x in range(tried), those below span, the first n (in C)
+    out = list(islice(filter(span.__gt__, map(mask.__and__, range(b, b + a * tried, a))), n))
     x = 2 * n + 64
     while len(out) < n:                     # only when the range is barely larger than n
         v = (a * x + b) & mask
@@ -113,7 +129,7 @@ def build_memory(memory, frames: FrameTable, pool: XenPool, nr_pages: int, seed:
         m2p_l1s.append(l1)
     p2m = scatter(DOMAIN_FIRST_MFN, total, nr_pages, seed)
     frames.add_domain_frames(p2m, DOMID_GUEST)
-    _write_u32_array(memory, m2p_first << 12, {mfn: pfn for pfn, mfn in enumerate(p2m)})
+    _write_u32_array(memory, m2p_first << 12, zip(p2m, range(len(p2m))))   # mfn -> pfn
     return p2m, m2p_first, m2p_l1s
 
 
@@ -140,7 +156,7 @@ def build_domain(memory, frames: FrameTable, pool: XenPool, nr_pages: int, seed:
     write = memory.write_u64
     for i in range(p2m_pages):       # the P2M list, 4-byte entries, guest-owned
         chunk = p2m[i * 1024:(i + 1) * 1024]
-        _write_u32_array(memory, p2m[p2m_pfn + i] << 12, dict(enumerate(chunk)))
+        _write_u32_list(memory, p2m[p2m_pfn + i] << 12, chunk)
     l3, l2s = p2m[pt_pfn], [p2m[pt_pfn + 1 + i] for i in range(4)]
     l1s = [p2m[pt_pfn + 5 + i] for i in range(nr_l1)]
     pt_pfns = set(range(pt_pfn, pt_pfn + 5 + nr_l1))

@@ -12,6 +12,7 @@ import pytest
 from engines.api import GuestCrash, GuestPageFault
 from engines.api.xen import UVMF_INVLPG, UVMF_NONE, Hypercall, MMUExt
 from engines.paravirt import engine as pv_engine
+from engines.paravirt.builder import _write_u32_array, _write_u32_list, scatter
 from engines.paravirt.frames import PGT
 from engines.paravirt.validate import (FIRST_XEN_SLOT, L1_DISALLOW_MASK, L1_DISALLOW_RAW,
                                        L2_DISALLOW_MASK, L2_DISALLOW_RAW, P, RW, Validator,
@@ -105,6 +106,37 @@ def test_the_raw_64_bit_masks_are_the_folded_flag_masks():
         e = 1 << bit
         assert bool(pte_flags(e) & L1_DISALLOW_MASK) == bool(e & L1_DISALLOW_RAW), bit
         assert bool(pte_flags(e) & L2_DISALLOW_MASK) == bool(e & L2_DISALLOW_RAW), bit
+
+
+def test_scatter_takes_the_affine_sequence_in_order_skipping_values_out_of_range():
+    def reference(first, end, n, seed):
+        span = end - first
+        k = max(span - 1, 1).bit_length()
+        rng = random.Random(f"pv-domain-{seed}")
+        a = rng.randrange(1 << (k - 1), 1 << k) | 1
+        b = rng.randrange(1 << k)
+        out, x = [], 0
+        while len(out) < n:
+            v = (a * x + b) & ((1 << k) - 1)
+            if v < span:
+                out.append(first + v)
+            x += 1
+        return out
+    for first, end, n, seed in ((16384, 2097152, 131072, 1), (16384, 65536, 4096, 0),
+                                (16384, 16384 + 4096, 4096, 3), (100, 101, 1, 2)):
+        assert scatter(first, end, n, seed) == reference(first, end, n, seed)
+
+
+def test_u32_arrays_pair_neighbours_into_words_and_skip_zero_words():
+    class Mem(dict):
+        def write_u64(self, pa, value):
+            self[pa] = value
+    values = [5, 0, 0, 0, 7, 9, 0]
+    dense, sparse = Mem(), Mem()
+    _write_u32_list(dense, 0x1000, values)
+    _write_u32_array(sparse, 0x1000, enumerate(values))
+    assert dense == sparse == {0x1000: 5, 0x1010: 7 | (9 << 32)}
+    assert list(dense) == list(sparse)
 
 
 FLAGS = [P, P | RW, P | RW | US, P | US | A, P | PS, P | G, P | RW | PS, P | (1 << 52),
