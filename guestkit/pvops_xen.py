@@ -36,6 +36,10 @@ from .errors import GuestPanic
 from .layout import A, D, FIXMAP_PAGES, KERNEL_PDE, P, PAGE_OFFSET, RW, kva
 
 ADDR_MASK = ((1 << 44) - 1) & ~0xFFF
+# hot hypercall numbers as plain names (an Enum member lookup costs ~10 attribute reads in
+# CPython 3.11); the values are the same Hypercall members
+_UPDATE_VA_MAPPING, _MMU_UPDATE = Hypercall.update_va_mapping, Hypercall.mmu_update
+_MMUEXT_OP, _MULTICALL = Hypercall.mmuext_op, Hypercall.multicall
 PIN_BATCH = 8            # update_va_mapping calls per multicall in pgd_walk (estimate)
 LAZY_BATCH = 128         # queued PTE stores per mmu_update in lazy-MMU mode (estimate)
 
@@ -71,18 +75,21 @@ class XenMMU:
         return self.engine.hypercall(v, nr, *args)
 
     def _must(self, v: int, what: str, nr: int, *args) -> None:
-        rc = self._hc(v, nr, *args)
+        rc = self.engine.hypercall(v, nr, *args)
         if rc < 0:
             raise GuestPanic(f"xen: {what} failed with {rc}")
 
     def _ext(self, v: int, cmd: int, arg1: int = 0, arg2=0) -> None:
-        self._must(v, f"mmuext_op {MMUExt(cmd).name} {arg1:#x}", Hypercall.mmuext_op,
-                   [MmuextOp(cmd, arg1, arg2)], 1, None, DOMID_SELF)
+        rc = self.engine.hypercall(v, _MMUEXT_OP, [MmuextOp(cmd, arg1, arg2)], 1, None,
+                                   DOMID_SELF)
+        if rc < 0:
+            raise GuestPanic(f"xen: mmuext_op {MMUExt(cmd).name} {arg1:#x} failed with {rc}")
 
     def _mmu(self, v: int, reqs: list[MmuUpdate]) -> None:
         if reqs:
-            self._must(v, f"mmu_update of {len(reqs)} entries", Hypercall.mmu_update,
-                       reqs, len(reqs), None, DOMID_SELF)
+            rc = self.engine.hypercall(v, _MMU_UPDATE, reqs, len(reqs), None, DOMID_SELF)
+            if rc < 0:
+                raise GuestPanic(f"xen: mmu_update of {len(reqs)} entries failed with {rc}")
 
     def machine_addr(self, kernel_va: int) -> int:
         """virt_to_machine of a direct-map address."""
@@ -128,11 +135,12 @@ class XenMMU:
         self.pgds[self.swapper_pa] = None
         nxt = si.first_free_pfn
         mapped = (si.boot_region_end - PAGE_OFFSET) >> 12
+        write, p2m = e.write, self.p2m
         for chunk in range(mapped >> 9, k.lowmem_pages >> 9):
             pt, nxt = nxt, nxt + 1
             base = kva(pt)
-            for j in range(512):
-                e.write(v, base + 8 * j, self.make_entry((chunk << 9) + j, P | RW | A | D))
+            for j, mfn in enumerate(p2m[chunk << 9:(chunk + 1) << 9]):   # make_entry
+                write(v, base + 8 * j, (mfn << 12) | (P | RW | A | D))
             self._make_ro(v, pt)
             self._mmu(v, [MmuUpdate(self.machine_addr(kva(pmds[3]) + 8 * chunk)
                                     | MMU_NORMAL_PT_UPDATE, self.make_entry(pt, KERNEL_PDE))])
@@ -147,22 +155,25 @@ class XenMMU:
         self.flush_tlb(v)
 
     def _make_ro(self, v: int, pfn: int, flags: int = UVMF_INVLPG) -> None:
-        self._must(v, f"update_va_mapping RO of pfn {pfn:#x}", Hypercall.update_va_mapping,
-                   kva(pfn), self.make_entry(pfn, P | A), flags)
+        rc = self.engine.hypercall(v, _UPDATE_VA_MAPPING, kva(pfn),
+                                   (self.p2m[pfn] << 12) | (P | A), flags)
+        if rc < 0:
+            raise GuestPanic(f"xen: update_va_mapping RO of pfn {pfn:#x} failed with {rc}")
 
     def _prot_batch(self, v: int, pfns: list[int], rw: bool) -> None:
         """pgd_walk: change the direct-map protection of page-table pages, in multicalls
         of PIN_BATCH, flushing the TLB with the last one."""
         flags = (P | RW | A | D) if rw else (P | A)
+        p2m = self.p2m
         for i in range(0, len(pfns), PIN_BATCH):
             chunk = pfns[i:i + PIN_BATCH]
             last = i + PIN_BATCH >= len(pfns)
-            calls = [MulticallEntry(Hypercall.update_va_mapping,
-                                    (kva(p), self.make_entry(p, flags),
+            calls = [MulticallEntry(_UPDATE_VA_MAPPING,
+                                    (kva(p), (p2m[p] << 12) | flags,       # make_entry
                                      UVMF_TLB_FLUSH if last and j == len(chunk) - 1
                                      else UVMF_NONE))
                      for j, p in enumerate(chunk)]
-            self._must(v, "multicall", Hypercall.multicall, calls)
+            self._must(v, "multicall", _MULTICALL, calls)
             bad = [c for c in calls if c.result < 0]
             if bad:
                 raise GuestPanic(f"xen: pgd_walk update_va_mapping of va {bad[0].args[0]:#x} "
@@ -208,15 +219,15 @@ class XenMMU:
             self._mmu(v, [req])
 
     def set_pte(self, vcpu, mm, va, ptep, val):
-        if not self._pinned(mm):
+        if mm is not None and not mm.pinned:
             self.engine.write(vcpu, ptep, val)
             return
         if self._lazy[vcpu]:
             self._store(vcpu, mm, ptep, val)
             return
         current = mm is None or self._current[vcpu] is mm
-        if current and va < self.boot.hypervisor_virt_start and \
-                self._hc(vcpu, Hypercall.update_va_mapping, va, val, UVMF_NONE) == 0:
+        if current and va < self.boot.hypervisor_virt_start and self.engine.hypercall(
+                vcpu, _UPDATE_VA_MAPPING, va, val, UVMF_NONE) == 0:
             return
         if self.ptwr:
             self.engine.write(vcpu, ptep, val)

@@ -83,6 +83,8 @@ class PVEngine(Engine):
                              f"for the {spec.memory_mib} MiB domain plus 64 MiB for Xen")
         super().__init__(spec, costs, machine_mib * MIB)
         self._cost = dict(costs.cycles)
+        self._bounce_costs = (self._cost["trap"], self._cost["pf_bounce"],
+                              self._cost["pf_delivery"])
         n = spec.vcpus
         self.cur = 0
         self.crashed: str | None = None
@@ -259,9 +261,16 @@ class PVEngine(Engine):
 
     # -- guest memory access ----------------------------------------------------------------
     def _bounce(self, v: int, pf: PageFault) -> GuestPageFault:
-        self.charge(v, "trap")
-        self.charge(v, "pf_bounce")
-        self.charge(v, "pf_delivery")
+        """trap + pf_bounce + pf_delivery (three charges in one)."""
+        trap, bounce, delivery = self._bounce_costs
+        self._cycles[v] += trap + bounce + delivery
+        by, stats = self.cycles_by, self.stats
+        by["trap"] += trap
+        stats["trap"] += 1
+        by["pf_bounce"] += bounce
+        stats["pf_bounce"] += 1
+        by["pf_delivery"] += delivery
+        stats["pf_delivery"] += 1
         return GuestPageFault(pf.vaddr, pf.error_code)
 
     def _segment(self, v: int, va: int) -> None:
@@ -332,7 +341,8 @@ class PVEngine(Engine):
 
     # -- hypercalls ---------------------------------------------------------------------------
     def hypercall(self, vcpu: int, nr: int, *args) -> int:
-        self._alive(vcpu)
+        if self.crashed is not None or not self.up[vcpu]:
+            self._alive(vcpu)
         self.cur = vcpu
         self.charge(vcpu, "hypercall")
         try:
@@ -340,7 +350,8 @@ class PVEngine(Engine):
         except RefcountCorruption as e:
             self.integrity.append(f"refcount corruption: {e}")
             raise self.crash(str(e)) from None
-        self._after_op()
+        if self.debug_audit:
+            self._after_op()
         return rc
 
     def _after_op(self) -> None:

@@ -208,7 +208,9 @@ def mmuext_op(eng, v, ops=None, count=0, done=None, fd=DOMID_SELF) -> int:
 def update_va_mapping(eng, v, va=None, val=None, flags=0) -> int:
     eng.stats["calls_to_update_va"] += 1
     eng.charge(v, "pv_update_entry")
-    if isinstance(flags, tuple) and len(flags) == 2:
+    if flags == 0 and type(flags) is int:       # UVMF_NONE | UVMF_LOCAL: nothing to flush
+        targets, flush = (), 0
+    elif isinstance(flags, tuple) and len(flags) == 2:
         targets, flush = _mask(eng, flags[0]), flags[1]
         if targets is None or not isinstance(flush, int):
             return EFAULT
@@ -324,10 +326,14 @@ TABLE = {Hypercall.mmu_update: mmu_update, Hypercall.mmuext_op: mmuext_op,
          Hypercall.set_gdt: set_gdt}
 
 
+# hypercall number -> (handler, how many arguments it takes after (eng, v))
+_HANDLERS = {nr: (fn, fn.__code__.co_argcount - 2) for nr, fn in TABLE.items()}
+
+
 def dispatch(eng, v, nr, args) -> int:
-    fn = TABLE.get(nr)
-    if fn is None:
+    hit = _HANDLERS.get(nr)
+    if hit is None:
         return ENOSYS
-    if len(args) > fn.__code__.co_argcount - 2:
+    if len(args) > hit[1]:
         return EINVAL
-    return fn(eng, v, *args)
+    return hit[0](eng, v, *args)

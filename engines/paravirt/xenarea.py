@@ -147,7 +147,7 @@ class XenArea:
             for lva in sorted(pend):
                 self.eng.xen_invlpg(v, lva)
             pend.clear()
-        lva = linear_l1e_va(va)
+        lva = LINEAR_PT_VIRT_START + ((va & 0xFFFFFFFF) >> 12) * 8     # linear_l1e_va(va)
         try:
             old = cpu.read_u64(lva)
         except PageFault:
