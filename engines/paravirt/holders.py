@@ -1,7 +1,8 @@
 """What the audit expects of every frame's counts, kept up to date incrementally: the
 references each validated table's entries imply, cached per table by its exact contents
-(any change of a word, A/D included, re-derives that table), summed into counters; plus the
-holders outside tables (pins, VCPU bases, GDT frames), recomputed at every audit.
+(any change of a word, A/D included, re-derives that table; when the references come out
+the same, the counters are left alone), summed into counters; plus the holders outside
+tables (pins, VCPU bases, GDT frames), recomputed at every audit.
 
 The holder side is derived from machine memory, never from Xen's own reference operations,
 so it stays an independent check. Between audits the frame table records which frames had
@@ -20,7 +21,7 @@ from .validate import FIRST_XEN_SLOT, P, PADDR_MASK, RW
 Key = tuple  # (PGT, pae_xen_l2)
 
 
-def _groups(info, words: tuple) -> list[tuple[list[int], list[int], Key]]:
+def _groups(info, words: list[int]) -> list[tuple[list[int], list[int], Key]]:
     """(general refs, type refs, type needed) implied by a table's entries."""
     if info.type == PGT.L3:
         used = words[:4]
@@ -73,18 +74,21 @@ class HolderState:
                 out.append(f"I2: mfn {mfn:#x} listed as a page table but {info!r}")
                 continue
             live.add(mfn)
-            words = tuple(mem.frame_words(mfn))
+            words = mem.frame_words(mfn)           # a copy: safe to keep as the key
             key = (words, info.type, info.xen_l2)
             hit = self.cache.get(mfn)
             if hit is not None and hit[0] == key:
                 continue
             groups = _groups(info, words)
-            foreign = {t for g in groups for t in g[0]} - frames.guest_mfns
+            foreign = set().union(*[g[0] for g in groups]) - frames.guest_mfns
             if foreign:
                 out.append(f"I3: {info.type.name} mfn {mfn:#x} maps mfn {min(foreign):#x}, "
                            f"which is not the domain's")
                 groups = []
             if hit is not None:
+                if hit[1] == groups:                # e.g. only A/D bits changed: same holders
+                    self.cache[mfn] = (key, groups)
+                    continue
                 self._apply(hit[1], -1, changed)
             self._apply(groups, +1, changed)
             self.cache[mfn] = (key, groups)
@@ -136,15 +140,12 @@ class HolderState:
                 return
 
     def totals(self, extra: Counter, extra_need: dict[int, list[Key]]):
-        """count, type count and {(type, xen_l2): set of mfns} over every holder."""
-        count = Counter(self.count)          # zero entries are harmless: 0 + 1 == default
-        count.update(extra)
-        tcount = Counter(self.tcount)
-        tcount.update(extra)
+        """count and type count from tables (the live counters: read only), `extra`, and
+        {(type, xen_l2): set of mfns} over every holder."""
         positive = (0).__lt__
         need = {k: set(compress(c.keys(), map(positive, c.values())))
                 for k, c in self.need.items()}
         for mfn, keys in extra_need.items():
             for k in keys:
                 need.setdefault(k, set()).add(mfn)
-        return count, tcount, need
+        return self.count, self.tcount, extra, need
