@@ -161,7 +161,8 @@ class ShadowOps:
         self.memory.write_u64(maddr, new)
         if old & F_P:
             child = self.pool.by_smfn[(old & self._amask) >> 12]
-            child.up.discard((sp, idx))
+            if not new & F_P or (new ^ old) & self._amask:    # (not: the same child again)
+                child.up.discard((sp, idx))
             child.refs -= 1
             if child.refs == 0:
                 self._destroy(child)

@@ -84,6 +84,19 @@ def test_rights_change_of_a_writable_pte_keeps_its_writable_mapping_recorded():
     assert e.audit() == []
 
 
+def test_flags_change_of_a_pde_keeps_the_l1_shadow_linked_to_its_parent():
+    """shadow_set_l2e takes a reference on the new child before dropping the old one; a
+    PDE rewritten to the same L1 with other flags (here XD) must leave that L1 shadow's
+    up-pointer to the entry, or unshadowing the L1 would leave the L2 entry pointing at
+    a freed shadow page."""
+    e = booted()
+    touch(e)                                            # L1 5 shadowed under L2 3 entry 0
+    l1 = next(sp for sp in e.pool.by_gfn[5] if sp.type == "l1")
+    e.write(0, g.kva(3), (5 << 12) | g.P | g.RW | g.US | g.A | g.XD)
+    assert len(l1.up) == 1 and l1.refs == 1
+    assert e.audit() == []
+
+
 def test_two_zero_writes_in_a_row_unshadow_the_page_unless_early_unshadow_is_off():
     for early in (True, False):
         e = booted(early_unshadow=early)
