@@ -40,19 +40,23 @@ class Emulation:
         """A write to a shadowed page table: unshadow (user mode), unsync, or emulate.
         None means "go on and fill the shadow", _RETRY "retry on the hardware"."""
         gfn = walk.gfn
-        # a page table that maps itself is shadowed again by the very walk that reaches
-        # it: unshadowing cannot make progress, so its writes are emulated
-        own = False
-        for gpa in walk.gpas:
-            if gpa is not None and gpa >> 12 == gfn:
-                own = True
-                break
-        if value is None:
-            return self._pt_bulk(vcpu, gfn, maddr, own)
-        if access & A_USER and not own:
-            if self._remove_shadows(vcpu, gfn, "user_write"):
-                return None if walk.writable else self._plain_write(vcpu, maddr, value, size)
-        elif walk.writable and self.opt["oos"] and self._oos_candidate(gfn) is not None:
+        if value is None or access & A_USER:
+            # a page table that maps itself is shadowed again by the very walk that reaches
+            # it: unshadowing cannot make progress, so its writes are emulated
+            own = False
+            for gpa in walk.gpas:
+                if gpa is not None and gpa >> 12 == gfn:
+                    own = True
+                    break
+            if value is None:
+                return self._pt_bulk(vcpu, gfn, maddr, own)
+            if not own:
+                if self._remove_shadows(vcpu, gfn, "user_write"):
+                    return None if walk.writable else self._plain_write(vcpu, maddr, value,
+                                                                        size)
+                return self._emulate(vcpu, walk, value, size, maddr, cont)
+        # a supervisor write, or a user write to a page table that maps itself
+        if walk.writable and self.opt["oos"] and self._oos_candidate(gfn) is not None:
             sp, idx = self._fill(vcpu, va, walk)
             sl1 = self._oos_candidate(gfn)          # the fill may have evicted it
             if sp is not None and sl1 is not None:

@@ -45,7 +45,7 @@ from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, PAE, GuestWalk
 from .oos import OutOfSync
 from .options import resolve_options
 from .p2m import HYPERVISOR_VIRT_START, P2M, RO_MPT_END, XenArea
-from .pool import ShadowPage, ShadowPool
+from .pool import SH_FL1, ShadowPage, ShadowPool
 from .shadows import ShadowOps
 from .wrmap import WriteAccess
 
@@ -88,7 +88,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         self.M = spec.maxphyaddr
         self._amask = self.mode.frame_mask(self.M)
         self._plans = (PAE.plan(self.M, False), PAE.plan(self.M, True))    # by EFER.NXE
-        self._walkers = tuple(p.walk for p in self._plans)
+        self._walkers = tuple(p.walk_translated for p in self._plans)
         self._rsvd = tuple((p.reserved[1], p.reserved[2], p.large_reserved) for p in self._plans)
         c = self._cost
         self._c_trap, self._c_gwref, self._c_fill = c["trap"], c["sh_guest_walk_ref"], c["sh_fill"]
@@ -220,23 +220,22 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
             n[TRAP] += 1
         if vs.pg:                                   # the guest walk (guest_walk_tables)
             self._walk_vcpu = vcpu
-            walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._gread_fn,
-                                         self._gset_bits_fn, vs.wp)
-            refs = walk.refs
-            if refs:
-                self._cycles[vcpu] += self._c_gwref * refs
-                n[WALK_REF] += refs
-            else:
-                self.charge(vcpu, "sh_guest_walk_ref", 0)
-            if walk.pfec is not None:
-                vs.last_unshadow = vs.half = None
-                self._cycles[vcpu] += self._c_bounce    # pf_bounce + pf_delivery
-                n[PF_BOUNCE] += 1
-                n[PF_DELIVERY] += 1
-                raise GuestPageFault(va, walk.pfec)
+            walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._mread,
+                                         self._gset_bits_fn, vs.wp, self._p2m)
         else:
             walk = self._unpaged_walk(va, access)
-        gfn = walk.gfn
+        _va, _acc, _entries, _gpas, _level, pfec, gfn, writable, _user, _nx, refs = walk
+        if refs:
+            self._cycles[vcpu] += self._c_gwref * refs
+            n[WALK_REF] += refs
+        elif vs.pg:
+            self.charge(vcpu, "sh_guest_walk_ref", 0)
+        if pfec is not None:
+            vs.last_unshadow = vs.half = None
+            self._cycles[vcpu] += self._c_bounce        # pf_bounce + pf_delivery
+            n[PF_BOUNCE] += 1
+            n[PF_DELIVERY] += 1
+            raise GuestPageFault(va, pfec)
         if gfn >= self.nr_pages:
             raise AddressError(f"va {va:#010x} maps guest-physical address "
                                f"{(gfn << 12) | (va & 0xFFF):#x}, outside the domain's "
@@ -249,7 +248,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                     return None
                 if r is not None:
                     return r
-            elif not walk.writable:                      # guest CR0.WP=0: emulate
+            elif not writable:                           # guest CR0.WP=0: emulate
                 maddr = (self._p2m[gfn] << 12) | (va & 0xFFF)
                 return self._plain_write(vcpu, maddr, value, size)
         vs.last_unshadow = vs.half = None
@@ -309,7 +308,9 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         sp = pool.by_smfn.get((sl2e & self._amask) >> 12) if sl2e & F_P else None
         idx = (va >> 12) & 511
         if sp is not None:
-            flush |= self._set_sl1e(sp, idx, self._sl1e_for(sp, idx, walk.leaf, vs.nxe))
+            e = (self._fl1e(sp, idx) if sp.type == SH_FL1
+                 else self._sl1e_from_guest(walk.entries[-1], vs.nxe, sp, idx))
+            flush |= self._set_sl1e(sp, idx, e)
             if self.opt["prefetch"] and walk.level == 1:
                 flush |= self._prefetch(vcpu, sp, idx)
         if flush:

@@ -28,7 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from engines.hw import LARGE_PDE_EXTRA_RESERVED, pde_pte_reserved, pdpte_reserved
+from engines.hw import (
+    LARGE_PDE_EXTRA_RESERVED,
+    AddressError,
+    pde_pte_reserved,
+    pdpte_reserved,
+)
 
 F_P, F_RW, F_US, F_A, F_D, F_PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
 F_XD = 1 << 63
@@ -76,7 +81,8 @@ class PagingMode:
                 self, maxphyaddr, nxe, self.levels, self.top_in_registers, self.shifts,
                 tuple(n - 1 for n in self.entries), self.entry_bytes, small,
                 self.large_level if pse or self.name == "pae" else 0, large, tmask)
-            plan = self._plans[key] = plan._replace(walk=_compile_walk(plan))
+            plan = self._plans[key] = plan._replace(
+                walk=_compile_walk(plan), walk_translated=_compile_walk(plan, True))
         return plan
 
     def frame_mask(self, maxphyaddr: int) -> int:
@@ -129,6 +135,7 @@ class WalkPlan(NamedTuple):
     large_reserved: int
     table_mask: int
     walk: Callable = None           # the walk compiled for this plan (`_compile_walk`)
+    walk_translated: Callable = None    # ... reading tables through a P2M list (+ p2m arg)
 
 
 PAE = PagingMode("pae", levels=3, entry_bytes=8, entries=(0, 512, 512, 4),
@@ -201,11 +208,18 @@ def walk_plan(plan: WalkPlan, va: int, access: int, top, read: ReadFn,
 # `rights`, OR it into `xd`; a table entry then gets A (set_bits) and the walk goes down.
 # The leaf block checks the access against the rights and sets A (and D on a write).
 
-def _compile_walk(plan: WalkPlan) -> Callable:
+def _outside(gpa: int, nr_pages: int) -> AddressError:
+    return AddressError(f"guest page-table entry at guest-physical {gpa:#x} is outside "
+                        f"the domain's {nr_pages:#x} pages")
+
+
+def _compile_walk(plan: WalkPlan, translated: bool = False) -> Callable:
     (_mode, _m, nxe, levels, in_registers, shifts, imasks, ebytes, small, large_level,
      large_mask, tmask) = plan[:12]
-    out = ["def walk(va, access, top, read, set_bits, wp):",
+    out = [f"def walk(va, access, top, read, set_bits, wp{', p2m' if translated else ''}):",
            f"    rights = {F_RW | F_US}", "    xd = 0"]
+    if translated:
+        out.append("    nr = len(p2m)")
     entries: list[str] = []         # expressions of the entries read so far, as recorded
     gpas: list[str] = []
     refs = 0
@@ -244,8 +258,12 @@ def _compile_walk(plan: WalkPlan) -> Callable:
         out.append(f"    t = top & {tmask}")
     while level:
         e, g = f"e{level}", f"g{level}"
-        out += [f"    {g} = t + ((va >> {shifts[level]}) & {imasks[level]}) * {ebytes}",
-                f"    {e} = read({g})"]
+        out.append(f"    {g} = t + ((va >> {shifts[level]}) & {imasks[level]}) * {ebytes}")
+        if translated:                   # the table's frame through the P2M
+            out += [f"    if {g} >> 12 >= nr:", f"        raise _outside({g}, nr)",
+                    f"    {e} = read((p2m[{g} >> 12] << 12) | ({g} & 4095))"]
+        else:
+            out.append(f"    {e} = read({g})")
         refs += 1
         entries.append(e)
         gpas.append(g)
@@ -268,7 +286,7 @@ def _compile_walk(plan: WalkPlan) -> Callable:
                     f"    t = {e} & {tmask}"]
             entries[-1] = f"a{level}"
         level -= 1
-    namespace = {"_fault": _fault, "_new": _new_walk, "GuestWalk": GuestWalk, "mode": _mode,
+    namespace = {"_fault": _fault, "_new": _new_walk, "_outside": _outside, "GuestWalk": GuestWalk, "mode": _mode,
                  "F_P": F_P, "F_PS": F_PS, "F_A": F_A, "F_D": F_D, "F_RW": F_RW,
                  "F_US": F_US, "F_XD": F_XD, "A_USER": A_USER, "A_WRITE": A_WRITE,
                  "A_FETCH": A_FETCH}

@@ -278,7 +278,10 @@ class ShadowOps:
         nxe = self.vs[vcpu].nxe
         if len(shadows) == 1 and shadows[0].type == SH_L1:      # the common case
             sp = shadows[0]
-            return self._set_sl1e(sp, idx, self._sl1e_from_guest(word, nxe, sp, idx))
+            new = self._sl1e_from_guest(word, nxe, sp, idx)
+            if new == self._mread((sp.smfn << 12) | (idx << 3)):
+                return False                                 # (_set_sl1e's first test)
+            return self._set_sl1e(sp, idx, new)
         flush = False
         for sp in list(shadows):
             if sp.type == SH_L1:

@@ -8,9 +8,10 @@ pages only with CR4.PSE, PSE-36 high frame bits, no NX), SDM §4.3.
 """
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from engines.hw import CPU, PageFault, PhysicalMemory
+from engines.hw import CPU, AddressError, PageFault, PhysicalMemory
 from engines.shadow import PAE, TWO_LEVEL, guest_walk
 
 P, RW, US, A, D, PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
@@ -130,3 +131,21 @@ def test_pure_walk_writes_nothing():
     before = mem.read_u32(0x1004), mem.read_u32(0x200C)
     walk(TWO_LEVEL, mem, (1 << 22) | (3 << 12), 4, top=0x1000, write=False)
     assert (mem.read_u32(0x1004), mem.read_u32(0x200C)) == before
+
+
+def test_translated_walk_reads_each_table_through_the_p2m_and_refuses_frames_beyond_it():
+    """The fault path's form of the walk (Xen maps each guest table frame through the P2M
+    before reading it): the same record as the walk over guest-physical memory."""
+    p2m = [9, 3, 7, 5, 1, 8, 2, 6, 4]                    # gfn -> mfn
+    gmem, mmem = PhysicalMemory(1 << 24), PhysicalMemory(1 << 24)
+    for gpa, val in ((0x3000, 0x5000 | P | RW | US), (0x5000 + 8, 0x7000 | P | RW | US),
+                     (0x2000 + 8 * 4, 0x8000 | P | RW | PS)):
+        gmem.write_u64(gpa, val)
+        mmem.write_u64((p2m[gpa >> 12] << 12) | (gpa & 0xFFF), val)
+    plan = PAE.plan(36, True)
+    for va, top in ((1 << 12, (0x3000 | P, 0, 0, 0)), (4 << 21, (0x2000 | P, 0, 0, 0)),
+                    (2 << 12, (0x3000 | P, 0, 0, 0))):
+        mine = plan.walk_translated(va, 6, top, mmem.read_u64, None, True, p2m)
+        assert mine == plan.walk(va, 6, top, gmem.read_u64, None, True)
+    with pytest.raises(AddressError):
+        plan.walk_translated(0, 0, (0x9000 | P, 0, 0, 0), mmem.read_u64, None, True, p2m)
