@@ -20,6 +20,22 @@ ADDR_MASK = ((1 << 52) - 1) & ~0xFFF
 PTE_RW = 0x2
 
 
+def set_pte_halves(engine: Engine, vcpu: int, ptep: int, val: int) -> None:
+    """A PTE store as 2.6 PAE Linux makes it (include/asm-i386/pgtable-3level.h): set_pte
+    writes the high half, then (after smp_wmb) the low half, so the entry never reads
+    present with a stale frame; a clear (pte_clear, ptep_get_and_clear: the value is not
+    present) writes the low half first, dropping P before the frame's high bits. Two 4-byte
+    stores: a hypervisor that traps them sees two writes (shadow.md §2 step 5, xen-pv.md
+    §2.4). PMDs and PDPTEs are 64-bit atomic stores (set_64bit), as `set_pmd` does."""
+    lo, hi = val & 0xFFFFFFFF, val >> 32
+    if val & 1:
+        engine.write_u32(vcpu, ptep + 4, hi)
+        engine.write_u32(vcpu, ptep, lo)
+    else:
+        engine.write_u32(vcpu, ptep, lo)
+        engine.write_u32(vcpu, ptep + 4, hi)
+
+
 class MMUOps(Protocol):
     """What the kernel asks of its MMU backend. `mm` is a guestkit.mm.MM (or None for
     init_mm work at boot); `vcpu` is the VCPU doing the work and paying for it."""
@@ -77,7 +93,7 @@ class NativeMMU:
         return (entry & ADDR_MASK) >> 12
 
     def set_pte(self, vcpu, mm, va, ptep, val):
-        self.engine.write(vcpu, ptep, val)
+        set_pte_halves(self.engine, vcpu, ptep, val)
 
     def set_pmd(self, vcpu, mm, pmdp, val):
         self.engine.write(vcpu, pmdp, val)
@@ -86,8 +102,9 @@ class NativeMMU:
         self.engine.write(vcpu, pdptep, val)
 
     def ptep_set_wrprotect(self, vcpu, mm, va, ptep):
+        # clear_bit(_PAGE_BIT_RW, &ptep->pte_low): a locked 4-byte RMW of the low half
         e = self.engine
-        e.write(vcpu, ptep, e.read(vcpu, ptep) & ~PTE_RW)
+        e.write_u32(vcpu, ptep, e.read(vcpu, ptep) & 0xFFFFFFFF & ~PTE_RW)
 
     def write_cr3(self, vcpu, pgd_pa):
         self._cr3[vcpu] = pgd_pa

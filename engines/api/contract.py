@@ -215,6 +215,11 @@ class Engine:
         """Write the 8-byte word at `va` on `vcpu` (A_WRITE implied; A_USER for CPL 3)."""
         raise NotImplementedError
 
+    def write_u32(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
+        """Write the 4-byte word at `va` (4-byte aligned) on `vcpu`: half of a PAE entry, as
+        Linux's set_pte, pte_clear and clear_bit store one (A_WRITE implied)."""
+        raise NotImplementedError
+
     def translate(self, vcpu: int, va: int, access: int = 0) -> int:
         """The machine address `va` reaches on `vcpu` for `access`, resolving faults the
         engine handles itself; GuestPageFault for the others."""

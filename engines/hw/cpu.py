@@ -354,6 +354,11 @@ class CPU:
             pa = self.translate(vaddr, access)
         self.memory.write_u64(pa, value)
 
+    def write_u32(self, vaddr: int, value: int, access: int = 0) -> None:
+        """Write the 4-byte word at linear `vaddr` (4-byte aligned) through the MMU (WRITE is
+        implied): half of a PAE entry, as Linux's set_pte stores one."""
+        self.memory.write_u32(self.translate(vaddr, access | A_WRITE), value)
+
     def _fault(self, vaddr: int, access: int, code: int, kind: str) -> PageFault:
         if access & A_FETCH and self._nxe:
             code |= 0x10

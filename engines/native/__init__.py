@@ -50,6 +50,12 @@ class NativeEngine(Engine):
         except PageFault as pf:
             raise self._deliver(vcpu, pf) from None
 
+    def write_u32(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
+        try:
+            self.cpus[vcpu].write_u32(va, value, access)
+        except PageFault as pf:
+            raise self._deliver(vcpu, pf) from None
+
     def translate(self, vcpu: int, va: int, access: int = 0) -> int:
         try:
             return self.cpus[vcpu].translate(va, access)

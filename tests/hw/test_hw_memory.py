@@ -141,6 +141,23 @@ def test_a_cpu_write_implies_a_write_access_and_faults_on_a_read_only_page_with_
     assert mem.read_u64(h.PTE_ADDR) == entries[h.PTE_ADDR]
 
 
+def test_a_cpu_u32_write_is_a_write_access_that_changes_only_its_half_and_sets_d():
+    """CPU.write_u32 (half of a PAE entry, as Linux's set_pte stores one): translated as a
+    write (D set in the leaf, pae.md §8), then the 4 bytes at the physical address."""
+    entries = h.standard_tables(h.PT_BASE | o.P | o.RW, h.FRAME_4K | o.P | o.RW)
+    mem, cpu = h.machine(entries, o.Env(wp=True))
+    pa = (h.FRAME_4K | 0xABC) & ~7
+    mem.write_u64(pa, 0x1111111122222222)
+    cpu.write_u32((h.LA & ~7) + 4, 0xCAFE)
+    assert mem.read_u64(pa) == 0x0000CAFE22222222
+    assert mem.read_u64(h.PTE_ADDR) & o.D
+    ro = h.standard_tables(h.PT_BASE | o.P | o.RW, h.FRAME_4K | o.P)
+    mem, cpu = h.machine(ro, o.Env(wp=True))
+    with pytest.raises(PageFault) as info:
+        cpu.write_u32(h.LA & ~3, 1)
+    assert int(info.value.error_code) == 0x3
+
+
 def test_a_cpu_user_read_of_a_supervisor_page_faults_with_u_set():
     entries = h.standard_tables(h.PT_BASE | o.P | o.RW | o.US, h.FRAME_4K | o.P)
     mem, cpu = h.machine(entries)

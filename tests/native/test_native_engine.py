@@ -181,3 +181,15 @@ def test_an_ipi_is_charged_to_both_ends():
     cost = e.costs["ipi"]
     assert [e.clock(v) - c[v] for v in range(3)] == [cost, 0, cost]
     assert e.stats["ipi"] == 1 and e.cycles_by["ipi"] == 2 * cost
+
+
+def test_a_4_byte_store_changes_only_its_half_and_faults_like_any_write():
+    """Linux PAE stores a PTE as two 32-bit halves (Engine.write_u32)."""
+    e = m.engine()
+    e.write_u32(0, m.USER_RW + 4, 0xAABBCCDD)
+    e.write_u32(0, m.USER_RW + 8, 0x11223344)
+    assert e.read(0, m.USER_RW) == 0xAABBCCDD << 32
+    assert e.read(0, m.USER_RW + 8) == 0x11223344
+    with pytest.raises(GuestPageFault) as exc:
+        e.write_u32(0, m.USER_RO + 4, 1, A_USER)
+    assert exc.value.error_code == 0x7
