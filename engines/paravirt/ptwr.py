@@ -47,15 +47,12 @@ def emulate(eng, v: int, va: int, value: int, width: int, error_code: int) -> bo
     else:
         new = (old & ~0xFFFFFFFF) | (value & 0xFFFFFFFF)
 
-    def write(e: int) -> bool:
-        mem.write_u64(pa, e)
-        return True
     if not eng.frames.get_page(mfn, DOMID_GUEST):
         return False
     try:             # the L1 is held for the whole emulated write (the XSA-219 lesson)
-        ok = eng.validator.mod_l1_entry(old, write, new)
+        ok = eng.validator.mod_l1_entry(old, new, mem, pa)
         if not ok and width == 4 and new & P:
-            ok = eng.validator.mod_l1_entry(old, write, new & ~P)
+            ok = eng.validator.mod_l1_entry(old, new & ~P, mem, pa)
     finally:
         eng.frames.put_page(mfn)
     if not ok:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from itertools import repeat
 from typing import Callable
 
-from engines.hw import PhysicalMemory
+from engines.hw import PageFault, PhysicalMemory
 
 from .frames import PGC_COUNT_MAX, PGT, PGT_COUNT_MAX, FrameTable, PageInfo
 
@@ -41,7 +41,8 @@ L3_LIMIT_MFN = 0x100000                          # below 4 GiB without extended-
 
 
 _dget = dict.get      # the frame table without materialising (fast paths fall back)
-_NONE, _L1, _WRITABLE = PGT.NONE, PGT.L1, PGT.WRITABLE
+# Enum members read per call cost ~10 dict lookups each in CPython 3.11: plain names
+_NONE, _L1, _L2, _L3, _WRITABLE = PGT.NONE, PGT.L1, PGT.L2, PGT.L3, PGT.WRITABLE
 
 
 def pte_flags(entry: int) -> int:
@@ -122,7 +123,7 @@ class Validator:
         mfn = entry_mfn(e)
         if not self.frames.get_page(mfn, self.dom):
             return self._fail(f"L1e {e:#018x}: mfn {mfn:#x} not owned by the domain")
-        if e & RW and not self.frames.get_page_type(mfn, PGT.WRITABLE):
+        if e & RW and not self.frames.get_page_type(mfn, _WRITABLE):
             self.frames.put_page(mfn)
             info = self.frames.pages[mfn]
             return self._fail(f"L1e {e:#018x}: mfn {mfn:#x} is a {info.type.name} page; "
@@ -141,6 +142,14 @@ class Validator:
                     info.count -= 1
                     self.frames.touched.add(mfn)
                     return
+                if (info.tcount == 1 and info.type == _WRITABLE and not info.pinned
+                        and info.count > 0):         # the last: put_page_type's 1 -> 0
+                    info.tcount = 0
+                    info.stamp = self.frames.tlbclock
+                    info.xen_l2 = False
+                    info.count -= 1
+                    self.frames.touched.add(mfn)
+                    return
             elif info.count > 0:                     # put_page of a read-only mapping
                 info.count -= 1
                 self.frames.touched.add(mfn)
@@ -154,7 +163,7 @@ class Validator:
             return True
         if not e & L2_DISALLOW_RAW:                  # fast path: an L1 already in use
             info = _dget(self.frames.pages, (e & PADDR_MASK) >> 12)
-            if (info is not None and info.owner == self.dom and info.type == PGT.L1
+            if (info is not None and info.owner == self.dom and info.type == _L1
                     and info.tcount and info.tcount < 0xFFFF and info.count < 0x1FFFFFFF):
                 info.count += 1
                 info.tcount += 1
@@ -164,7 +173,7 @@ class Validator:
             return self._fail(f"L2e {e:#018x}: disallowed flags "
                               f"{pte_flags(e) & L2_DISALLOW_MASK:#x} (no PSE for PV)")
         mfn = entry_mfn(e)
-        if not self.frames.get_page_and_type(mfn, self.dom, PGT.L1):
+        if not self.frames.get_page_and_type(mfn, self.dom, _L1):
             return self._fail(self.last_error if self.last_error.startswith("L1")
                               else f"L2e {e:#018x}: mfn {mfn:#x} cannot be an L1 "
                                    f"({self.frames.pages.get(mfn)!r})")
@@ -189,7 +198,7 @@ class Validator:
             return self._fail(f"L3e {e:#018x}: disallowed flags "
                               f"{pte_flags(e) & L3_DISALLOW_MASK:#x}")
         mfn = entry_mfn(e)
-        if not self.frames.get_page_and_type(mfn, self.dom, PGT.L2, xen_l2=(slot == 3)):
+        if not self.frames.get_page_and_type(mfn, self.dom, _L2, xen_l2=(slot == 3)):
             kind = "L2|pae_xen_l2" if slot == 3 else "L2"
             return self._fail(f"L3e {slot} {e:#018x}: mfn {mfn:#x} cannot be an {kind} "
                               f"({self.frames.pages.get(mfn)!r})")
@@ -211,15 +220,15 @@ class Validator:
 
     def alloc_page_type(self, info: PageInfo, type_: PGT) -> bool:
         self.charge("pv_validate_table", 1)
-        if type_ == PGT.L1:
+        if type_ == _L1:
             return self._alloc_l1(info.mfn)
-        if type_ == PGT.L2:
+        if type_ == _L2:
             if not self._alloc_l2(info.mfn, FIRST_XEN_SLOT if info.xen_l2 else 512):
                 return False
             if info.xen_l2:
                 self.hooks.l2_validated(info)
             return True
-        if type_ == PGT.L3:
+        if type_ == _L3:
             return self._alloc_l3(info)
         return True
 
@@ -361,11 +370,11 @@ class Validator:
 
     def free_page_type(self, info: PageInfo, type_: PGT) -> None:
         mfn = info.mfn
-        if type_ == PGT.L1:
+        if type_ == _L1:
             self._free_l1(mfn)
-        elif type_ == PGT.L2:
+        elif type_ == _L2:
             self._free_l2(mfn, FIRST_XEN_SLOT if info.xen_l2 else 512)
-        elif type_ == PGT.L3:
+        elif type_ == _L3:
             for e in self._entries(mfn, 4):
                 self.put_page_from_l3e(e)
         self.hooks.table_freed(info)
@@ -421,21 +430,29 @@ class Validator:
             self._touch(present, n)
 
     # -- checked updates (mod_lN_entry) -----------------------------------------------------
-    def mod_l1_entry(self, old: int, write: Callable[[int], bool], new: int) -> bool:
-        """Update one L1e whose current value is `old`; `write` stores through a machine or
-        linear access and returns False if the store faulted (nothing is changed then)."""
+    def mod_l1_entry(self, old: int, new: int, where, addr: int) -> bool:
+        """Update one L1e whose current value is `old`, stored by `where.write_u64(addr,
+        ...)`: a VCPU's CPU and a linear address (a store that may fault: nothing is
+        changed then) or machine memory and a machine address."""
         if new & P:
             if new & L1_DISALLOW_RAW:                # == pte_flags(new) & L1_DISALLOW_MASK
                 return self._fail(f"L1e {new:#018x}: disallowed flags "
                                   f"{pte_flags(new) & L1_DISALLOW_MASK:#x}")
             if old & P and not (old ^ new) & ~FASTPATH_WHITELIST:
-                return write(new) or self._fail("L1e store faulted")
+                try:
+                    where.write_u64(addr, new)
+                except PageFault:
+                    return self._fail("L1e store faulted")
+                return True
             if not self.get_page_from_l1e(new):
                 return False
-        if not write(new):
+        try:
+            where.write_u64(addr, new)
+        except PageFault:
             self.put_page_from_l1e(new)
             return self._fail("L1e store faulted")
-        self.put_page_from_l1e(old)
+        if old & P:
+            self.put_page_from_l1e(old)
         return True
 
     def mod_l2_entry(self, l2: PageInfo, idx: int, new: int) -> bool:

@@ -69,6 +69,7 @@ class XenArea:
         for i in range(XEN_HEAP_SLOTS):
             slots[DIRECTMAP_SLOT + i] = (i << 21) | PAGE_HYPERVISOR | 0x180   # PS|G
         self.static_slots = slots
+        self.static_words = [slots.get(s, 0) for s in range(FIRST_XEN_SLOT, 512)]
         self.pending: list[set[int]] = [set() for _ in eng.cpus]   # queued linear invlpgs
 
     # -- Xen slot contents ------------------------------------------------------------------
@@ -83,10 +84,13 @@ class XenArea:
         return [entry_mfn(self.mem.read_u64((l3 << 12) + 8 * i)) for i in range(4)]
 
     def write_static_slots(self, l2: int) -> None:
+        """Slots 428-511 that differ from the static contents are rewritten (in order)."""
+        words = self.mem.frame_words(l2)[FIRST_XEN_SLOT:]
+        if words == self.static_words:
+            return
         base = l2 << 12
-        for s in range(FIRST_XEN_SLOT, 512):
-            want = self.static_slots.get(s, 0)
-            if self.mem.read_u64(base + 8 * s) != want:
+        for s, (have, want) in enumerate(zip(words, self.static_words), FIRST_XEN_SLOT):
+            if have != want:
                 self.mem.write_u64(base + 8 * s, want)
 
     def write_linear_slots(self, l2: int, l2s: list[int]) -> None:
@@ -139,8 +143,9 @@ class XenArea:
 
     # -- how Xen reaches a guest L1e ----------------------------------------------------------
     def l1e_access(self, v: int, va: int):
-        """(old value, write(new) -> bool) for the L1e that maps `va` on VCPU `v`, through
-        the linear map; None when no L1 maps it (the linear access faults)."""
+        """(old value, where, addr) for the L1e that maps `va` on VCPU `v`, read through
+        the linear map, to be stored by `where.write_u64(addr, new)` (VCPU v's CPU, the
+        linear address); None when no L1 maps it (the linear access faults)."""
         cpu = self.eng.cpus[v]
         pend = self.pending[v]
         if pend:
@@ -149,17 +154,9 @@ class XenArea:
             pend.clear()
         lva = LINEAR_PT_VIRT_START + ((va & 0xFFFFFFFF) >> 12) * 8     # linear_l1e_va(va)
         try:
-            old = cpu.read_u64(lva)
+            return cpu.read_u64(lva), cpu, lva
         except PageFault:
             return None
-
-        def write(new: int) -> bool:
-            try:
-                cpu.write_u64(lva, new)
-            except PageFault:
-                return False
-            return True
-        return old, write
 
     # -- audit --------------------------------------------------------------------------------
     def audit(self) -> list[str]:
@@ -354,12 +351,7 @@ class WalkXenArea(XenArea):
         if not l2e & P or ((va >> 21) & 511 >= FIRST_XEN_SLOT and va >> 30 == 3):
             return None
         pa = (entry_mfn(l2e) << 12) + 8 * ((va >> 12) & 511)
-        mem = self.mem
-
-        def write(new: int) -> bool:
-            mem.write_u64(pa, new)
-            return True
-        return read(pa), write
+        return read(pa), self.mem, pa
 
     def audit(self) -> list[str]:
         out = []
