@@ -154,10 +154,12 @@ def audit_domain(eng, full: bool = False) -> list[str]:
 def _audit(eng, full: bool) -> list[str]:
     out = list(eng.integrity)
     state, frames = eng.audit_state, eng.frames
-    changed = state.sync(eng, out)
+    certain = full or len(frames.touched) > FULL_ABOVE     # the candidates can only grow
+    changed = state.sync(eng, out, track=not certain)
     extra, extra_need = state.extras(eng)
-    candidates = changed | frames.touched | set(extra) | state.extra_prev
-    if full or len(candidates) > FULL_ABOVE:
+    candidates = set() if certain else (changed | frames.touched | set(extra)
+                                        | state.extra_prev)
+    if certain or len(candidates) > FULL_ABOVE:
         _check_counts(eng, out, *state.totals(extra, extra_need))
     else:
         state.check(eng, out, candidates, extra, extra_need)

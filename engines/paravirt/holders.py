@@ -49,7 +49,7 @@ class HolderState:
         self.need: dict[Key, Counter] = {}
         self.extra_prev: set[int] = set()
 
-    def _apply(self, groups, sign: int, changed: set[int]) -> None:
+    def _apply(self, groups, sign: int, changed: set[int] | None) -> None:
         for refs, typed, key in groups:
             need = self.need.setdefault(key, Counter())
             if sign > 0:
@@ -60,13 +60,15 @@ class HolderState:
                 self.count.subtract(refs)
                 self.tcount.subtract(typed)
                 need.subtract(typed)
-            changed.update(refs)
+            if changed is not None:
+                changed.update(refs)
 
-    def sync(self, eng, out: list[str]) -> set[int]:
+    def sync(self, eng, out: list[str], track: bool = True) -> set[int]:
         """Bring the table-derived counters up to date; return the frames whose expected
-        counts may have changed since the last sync."""
+        counts may have changed since the last sync (not collected unless `track`)."""
         frames, pages, mem = eng.frames, eng.frames.pages, eng.memory
         changed: set[int] = set()
+        noted = changed if track else None
         live = set()
         for mfn in frames.pt_frames:
             info = pages[mfn]
@@ -89,11 +91,11 @@ class HolderState:
                 if hit[1] == groups:                # e.g. only A/D bits changed: same holders
                     self.cache[mfn] = (key, groups)
                     continue
-                self._apply(hit[1], -1, changed)
-            self._apply(groups, +1, changed)
+                self._apply(hit[1], -1, noted)
+            self._apply(groups, +1, noted)
             self.cache[mfn] = (key, groups)
         for mfn in set(self.cache) - live:
-            self._apply(self.cache.pop(mfn)[1], -1, changed)
+            self._apply(self.cache.pop(mfn)[1], -1, noted)
         return changed
 
     @staticmethod
