@@ -26,6 +26,7 @@ from operator import attrgetter
 from .frames import DOMID_GUEST, PGT, PT_TYPES
 from .xenarea import HYPERVISOR_VIRT_START
 
+_DIRECT = (PGT.WRITABLE, False)   # the kind of a frame in FrameTable.lazy_direct
 FULL_ABOVE = 20000        # candidates beyond which one C-level pass over all frames is cheaper
 
 
@@ -33,13 +34,17 @@ def _check_counts(eng, out: list[str], count: Counter, tcount: Counter, extra: C
                   need: dict[tuple[PGT, bool], set[int]]) -> None:
     """Counts, type counts and types of every frame against what the holders imply
     (`count`/`tcount` from tables, `extra` from holders outside them; a type is only
-    constrained while the frame is typed).
+    constrained while the frame is typed). Frames the direct map left unmaterialised
+    (FrameTable.lazy_direct) count with the state they would materialise in.
 
     Proven equal with C-level passes in frame-table order (its PageInfos are read in the
     order they sit in memory; 10^5 frames in hash order cost a cache miss each); where
     anything differs, the per-frame comparison names the frames."""
-    pages = eng.frames.pages
-    keys, values = list(pages.keys()), list(pages.values())
+    pages, lazy = eng.frames.pages, eng.frames.lazy_direct
+    values = list(pages.values())
+    keys = list(pages.keys()) + list(lazy.keys())
+    counts = list(map(attrgetter("count"), values)) + [2] * len(lazy)
+    tcounts = list(map(attrgetter("tcount"), values)) + [1] * len(lazy)
     if len(set().union(*need.values())) != sum(len(m) for m in need.values()):
         names = list(need)
         for i, a in enumerate(names):
@@ -47,33 +52,33 @@ def _check_counts(eng, out: list[str], count: Counter, tcount: Counter, extra: C
                 for mfn in sorted(need[a] & need[b])[:3]:
                     out.append(f"I1/I2: mfn {mfn:#x} is needed as {a[0].name} and as "
                                f"{b[0].name} at once")
-    if not _counts_agree(pages, keys, values, count, tcount, extra):
+    known = pages.keys() | lazy.keys()
+    if not _counts_agree(known, keys, counts, tcounts, count, tcount, extra):
         expect = dict.fromkeys(keys, (1, 0))              # the allocation reference only
         expect.update(zip(count.keys(), zip(map((1).__add__, count.values()),
                                             map(tcount.get, count.keys(), repeat(0)))))
         for mfn, n in extra.items():                      # pins, bases, GDT frames
             expect[mfn] = (1 + count.get(mfn, 0) + n, tcount.get(mfn, 0) + n)
-        _diff(out, "(count, type count)",
-              dict(zip(keys, map(attrgetter("count", "tcount"), values))), expect)
+        _diff(out, "(count, type count)", dict(zip(keys, zip(counts, tcounts))), expect)
         _report_types(out, pages, need)
         return
-    kinds = list(map(attrgetter("type", "xen_l2"), values))
+    kinds = list(map(attrgetter("type", "xen_l2"), values)) + [_DIRECT] * len(lazy)
     for kind, mfns in need.items():                       # holders of one kind agree
         if len(mfns) > len(keys) >> 3:     # the frames of another kind, and none needed
-            other = compress(keys, map(kind.__ne__, kinds))
-            ok = mfns.isdisjoint(other)
-        else:
-            ok = not mfns or set(map(attrgetter("type", "xen_l2"),
-                                     map(pages.__getitem__, mfns))) == {kind}
+            ok = mfns.isdisjoint(compress(keys, map(kind.__ne__, kinds)))
+        else:                                # (counts agree: every needed frame is known)
+            kind_of = attrgetter("type", "xen_l2")
+            ok = not mfns or {_DIRECT if m in lazy else kind_of(pages[m])
+                              for m in mfns} == {kind}
         if not ok:
             _report_types(out, pages, need)
             return
 
 
-def _counts_agree(pages, keys, values, count, tcount, extra) -> bool:
+def _counts_agree(known, keys, counts, tcounts, count, tcount, extra) -> bool:
     """Every frame's (count, type count) is (1 + holders, typed holders), and every frame
-    holders name has a PageInfo."""
-    if not count.keys() <= pages.keys() or not extra.keys() <= pages.keys():
+    holders name is known."""
+    if not count.keys() <= known or not extra.keys() <= known:
         return False
     want_c = list(map((1).__add__, map(count.get, keys, repeat(0))))
     want_t = list(map(tcount.get, keys, repeat(0)))
@@ -82,8 +87,7 @@ def _counts_agree(pages, keys, values, count, tcount, extra) -> bool:
         for mfn, n in extra.items():
             want_c[where[mfn]] += n
             want_t[where[mfn]] += n
-    return (list(map(attrgetter("count"), values)) == want_c
-            and list(map(attrgetter("tcount"), values)) == want_t)
+    return counts == want_c and tcounts == want_t
 
 
 def _report_types(out: list[str], pages, need: dict[tuple[PGT, bool], set[int]]) -> None:

@@ -72,18 +72,24 @@ class PageInfo:
 
 class _Pages(dict):
     """mfn -> PageInfo. The domain's frames materialise on first use with the state the
-    builder gives every frame (owner the domain, count 1 for the allocation, no type), so a
-    512 MiB domain does not cost 131,072 objects up front."""
+    builder gives every frame (owner the domain, count 1 for the allocation, no type), or,
+    for a frame a direct-map L1 took in one batch (`FrameTable.lazy_direct`), the state
+    that left it in (count 2, type WRITABLE with count 1, validated): a 512 MiB domain
+    does not cost 131,072 objects up front, nor once its kernel maps all of them."""
 
-    def __init__(self, lazy_owner: dict[int, int]):
+    def __init__(self, lazy_owner: dict[int, int], lazy_direct: dict[int, int]):
         super().__init__()
         self.lazy_owner = lazy_owner
+        self.lazy_direct = lazy_direct
 
     def __missing__(self, mfn: int) -> PageInfo:
         owner = self.lazy_owner.get(mfn)
         if owner is None:
             raise KeyError(mfn)
-        info = self[mfn] = PageInfo(mfn, owner, 1)
+        if self.lazy_direct.pop(mfn, None) is not None:
+            info = self[mfn] = PageInfo(mfn, owner, 2, PGT.WRITABLE, 1, True)
+        else:
+            info = self[mfn] = PageInfo(mfn, owner, 1)
         return info
 
     def get(self, mfn, default=None):
@@ -104,7 +110,8 @@ class FrameTable:
     def __init__(self):
         self.guest_mfns: set[int] = set()     # every frame of the domain
         self.lazy_owner: dict[int, int] = {}   # frames not materialised yet: mfn -> owner
-        self.pages: dict[int, PageInfo] = _Pages(self.lazy_owner)
+        self.lazy_direct: dict[int, int] = {}  # those of them mapped once RW: mfn -> owner
+        self.pages: dict[int, PageInfo] = _Pages(self.lazy_owner, self.lazy_direct)
         self.pt_frames: set[int] = set()     # frames with a page-table type count > 0
         self.pinned: set[int] = set()        # frames with PGT_pinned
         self.touched: set[int] = set()       # counts or type changed since the last audit

@@ -19,7 +19,6 @@ copies coherent) is delegated to the engine's `XenArea` through the hooks it pas
 """
 from __future__ import annotations
 
-from itertools import repeat
 from typing import Callable
 
 from engines.hw import PageFault, PhysicalMemory
@@ -92,6 +91,8 @@ class Validator:
             frames = self.frames
             m = (e & PADDR_MASK) >> 12
             info = _dget(frames.pages, m)
+            if info is None and m in frames.lazy_direct:
+                info = frames.pages[m]               # materialise, then the paths below
             if info is None:
                 owner = frames.lazy_owner.get(m)
                 if owner is not None and owner == self.dom:
@@ -250,18 +251,18 @@ class Validator:
     def _alloc_l1_fresh(self, present: list[int]) -> bool:
         """An L1 whose entries are all writable mappings of distinct frames of the domain
         that were never used (a direct map being built): each entry would take
-        get_page_from_l1e's never-used path, so do them all at once. False: nothing done."""
+        get_page_from_l1e's never-used path, so do them all at once, leaving the frames
+        unmaterialised in the state that path gives them (FrameTable.lazy_direct). False:
+        nothing done."""
         if set(map((L1_DISALLOW_RAW | RW | P).__and__, present)) != {RW | P}:
             return False
         frames, dom = self.frames, self.dom
         mfns = [(e & PADDR_MASK) >> 12 for e in present]
         if (len(set(mfns)) != len(mfns) or any(map(frames.pages.__contains__, mfns))
+                or any(map(frames.lazy_direct.__contains__, mfns))
                 or set(map(frames.lazy_owner.get, mfns)) != {dom}):
             return False
-        n = len(mfns)
-        frames.pages.update(zip(mfns, map(PageInfo, mfns, repeat(dom, n), repeat(2, n),
-                                          repeat(_WRITABLE, n), repeat(1, n),
-                                          repeat(True, n))))
+        frames.lazy_direct.update(dict.fromkeys(mfns, dom))
         frames.touched.update(mfns)
         return True
 

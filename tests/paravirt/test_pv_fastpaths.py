@@ -92,9 +92,14 @@ class GeneralPathValidator(Validator):
 
 
 def state(g):
+    """Everything the validator may change; frames left unmaterialised by the direct-map
+    batch (FrameTable.lazy_direct) in the state a PageInfo would have."""
     e = g.e
-    pages = {m: (i.owner, i.count, i.type, i.tcount, i.pinned, i.validated, i.xen_l2, i.stamp)
-             for m, i in dict.items(e.frames.pages)}
+    assert not e.frames.lazy_direct.keys() & dict.keys(e.frames.pages)
+    pages = {m: (owner, 2, PGT.WRITABLE, 1, False, True, False, 0)
+             for m, owner in e.frames.lazy_direct.items()}
+    pages.update({m: (i.owner, i.count, i.type, i.tcount, i.pinned, i.validated, i.xen_l2,
+                      i.stamp) for m, i in dict.items(e.frames.pages)})
     return (pages, set(e.frames.touched), set(e.frames.pt_frames), set(e.frames.pinned),
             dict(e.stats), dict(e.cycles_by), list(e._cycles), e.hw_counters(),
             e.memory._frames, e.validator.last_error, e.crashed, list(e.base))
