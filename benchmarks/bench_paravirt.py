@@ -5,8 +5,11 @@ slots written, software-walk reads). With `--flush-filter` the K8 TLB flush filt
 Not a test: it prints a table (and JSON with --json).
 
     python -m benchmarks.bench_paravirt [--profile sarge] [--vcpus 2] [--flush-filter]
+                                        [--repeat N]
 
-Target: a PV boot within 2x of the native boot's wall time.
+Target: a PV boot within 2x of the native boot's wall time. On a shared machine one run is
+noise: --repeat N runs every engine N times, round-robin, and keeps each engine's fastest
+wall and CPU times (other work only ever adds time); the ratios are of those minima.
 """
 from __future__ import annotations
 
@@ -50,30 +53,37 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory", type=int, default=512)
     ap.add_argument("--flush-filter", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per engine (minimum kept)")
     args = ap.parse_args(argv)
     cells = [("native", BootCell("native", (), profile=args.profile, vcpus=args.vcpus,
                                  memory_mib=args.memory, flush_filter=args.flush_filter))]
     cells += [(s, BootCell("paravirt", (("strategy", s),), profile=args.profile,
                            vcpus=args.vcpus, memory_mib=args.memory,
                            flush_filter=args.flush_filter)) for s in STRATEGIES]
+    results: dict[str, dict] = {}
+    for _ in range(max(args.repeat, 1)):                 # round-robin: load hits all alike
+        for name, cell in cells:
+            r = one(cell)
+            best = results.setdefault(name, r)
+            best["wall"], best["cpu"] = min(best["wall"], r["wall"]), min(best["cpu"], r["cpu"])
     rows, records = [], {}
-    native_wall = None
-    for name, cell in cells:
-        r = one(cell)
-        native_wall = native_wall or r["wall"]
+    native = results["native"]
+    for name, r in results.items():
         cycles, counters = at_multiuser(r)
         records[name] = {"status": r["status"], "reason": r["reason"], "wall": r["wall"],
                          "cpu": r["cpu"], "cycles_multiuser": cycles,
                          "counters": {k: counters.get(k, 0) for k, _ in COLUMNS},
                          "digest": r["readback"]["digest"]}
         rows.append([name, r["status"] if not r["reason"] else f"dnf: {r['reason'][:60]}",
-                     f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{r['wall'] / native_wall:.1f}x",
-                     f"{cycles:,}" if cycles else "-"]
+                     f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{r['wall'] / native['wall']:.2f}x",
+                     f"{r['cpu'] / native['cpu']:.2f}x", f"{cycles:,}" if cycles else "-"]
                     + [f"{counters.get(k, 0):,}" for k, _ in COLUMNS])
     print(f"{args.profile}, {args.vcpus} VCPUs, {args.memory} MiB, flush filter "
-          f"{'on' if args.flush_filter else 'off'}")
-    print(tabulate(rows, headers=["engine", "status", "wall s", "cpu s", "vs native",
-                                  "cycles @multiuser"] + [h for _, h in COLUMNS]))
+          f"{'on' if args.flush_filter else 'off'}"
+          + (f", best of {args.repeat} runs each" if args.repeat > 1 else ""))
+    print(tabulate(rows, headers=["engine", "status", "wall s", "cpu s", "wall vs native",
+                                  "cpu vs native", "cycles @multiuser"]
+                   + [h for _, h in COLUMNS]))
     if args.json:
         print(json.dumps(records, indent=1, sort_keys=True))
 

@@ -105,13 +105,11 @@ class XenMMU:
     # -- start of day -----------------------------------------------------------------------
     def _read_p2m(self) -> None:
         e, si = self.engine, self.si
-        words = (si.nr_pages + 1) // 2
-        for i in range(words):
-            w = e.read(0, si.mfn_list + 8 * i)
-            self.p2m.append(w & 0xFFFFFFFF)
-            self.p2m.append(w >> 32)
+        read, base = e.read, si.mfn_list
+        words = [read(0, base + 8 * i) for i in range((si.nr_pages + 1) // 2)]
+        self.p2m = [half for w in words for half in (w & 0xFFFFFFFF, w >> 32)]
         del self.p2m[si.nr_pages:]
-        self.m2p = {mfn: pfn for pfn, mfn in enumerate(self.p2m)}
+        self.m2p = dict(zip(self.p2m, range(len(self.p2m))))      # mfn -> pfn
         probe = e.read(0, MACH2PHYS_VIRT_START + 4 * (self.p2m[0] & ~1))
         got = (probe >> 32) if self.p2m[0] & 1 else probe & 0xFFFFFFFF
         if got != 0:

@@ -258,11 +258,12 @@ class Validator:
             return False
         frames, dom = self.frames, self.dom
         mfns = [(e & PADDR_MASK) >> 12 for e in present]
-        if (len(set(mfns)) != len(mfns) or any(map(frames.pages.__contains__, mfns))
-                or any(map(frames.lazy_direct.__contains__, mfns))
+        fresh = dict.fromkeys(mfns, dom)
+        if (len(fresh) != len(mfns) or not fresh.keys().isdisjoint(dict.keys(frames.pages))
+                or not fresh.keys().isdisjoint(frames.lazy_direct.keys())
                 or set(map(frames.lazy_owner.get, mfns)) != {dom}):
             return False
-        frames.lazy_direct.update(dict.fromkeys(mfns, dom))
+        frames.lazy_direct.update(fresh)
         frames.touched.update(mfns)
         return True
 
