@@ -334,11 +334,12 @@ TABLE = {Hypercall.mmu_update: mmu_update, Hypercall.mmuext_op: mmuext_op,
 
 
 # hypercall number -> (handler, how many arguments it takes after (eng, v))
-_HANDLERS = {nr: (fn, fn.__code__.co_argcount - 2) for nr, fn in TABLE.items()}
+HANDLERS = {nr: (fn, fn.__code__.co_argcount - 2) for nr, fn in TABLE.items()}
 
 
 def dispatch(eng, v, nr, args) -> int:
-    hit = _HANDLERS.get(nr)
+    """Run hypercall `nr` (PVEngine.hypercall has this inline)."""
+    hit = HANDLERS.get(nr)
     if hit is None:
         return ENOSYS
     if len(args) > hit[1]:

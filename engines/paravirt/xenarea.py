@@ -345,12 +345,15 @@ class WalkXenArea(XenArea):
             return None
         read = self.mem.read_u64
         l3e = read((b << 12) + 8 * (va >> 30))
-        l2e = read((entry_mfn(l3e) << 12) + 8 * ((va >> 21) & 511)) if l3e & P else 0
-        self.eng.charge_cur("pv_soft_walk_ref", 3 if l2e & P and l3e & P else
-                            (2 if l3e & P else 1))
+        if l3e & P:
+            l2e = read((l3e & PADDR_MASK) + 8 * ((va >> 21) & 511))   # entry_mfn(l3e) << 12
+            refs = 3 if l2e & P else 2
+        else:
+            l2e, refs = 0, 1
+        self.eng.charge(self.eng.cur, "pv_soft_walk_ref", refs)        # charge_cur
         if not l2e & P or ((va >> 21) & 511 >= FIRST_XEN_SLOT and va >> 30 == 3):
             return None
-        pa = (entry_mfn(l2e) << 12) + 8 * ((va >> 12) & 511)
+        pa = (l2e & PADDR_MASK) + 8 * ((va >> 12) & 511)
         return read(pa), self.mem, pa
 
     def audit(self) -> list[str]:
