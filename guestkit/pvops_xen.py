@@ -13,7 +13,10 @@
   `MMUEXT_PIN_L3_TABLE`. At exit the mm is unpinned and its pages made writable again, so
   teardown is plain stores (`_arch_exit_mmap`).
 - set_pte on the current mm: `update_va_mapping(va, pte, 0)`, falling back to a direct store
-  (trapped and emulated by Xen's writable page tables) when it fails or for another mm; in
+  (trapped and emulated by Xen's writable page tables) when it fails or for another mm. A
+  direct PTE store is two 4-byte stores as on native (`pvops.set_pte_halves`: high half then
+  low, a clear low then high), so ptwr emulates each half on its own trap;
+  ptep_set_wrprotect is `clear_bit` on the low half, one 4-byte store. In
   lazy-MMU mode the stores to pinned tables are queued and sent as one `mmu_update`.
   set_pmd/set_pdpte on pinned tables: `mmu_update`. New L1s under a pinned pgd are made
   read-only before they are hooked. Without writable page tables every store to a pinned
@@ -34,6 +37,7 @@ from engines.api.xen import (DOMID_SELF, MACH2PHYS_VIRT_START, MMU_NORMAL_PT_UPD
 
 from .errors import GuestPanic
 from .layout import A, D, FIXMAP_PAGES, KERNEL_PDE, P, PAGE_OFFSET, RW, kva
+from .pvops import set_pte_halves
 
 ADDR_MASK = ((1 << 44) - 1) & ~0xFFF
 # hot hypercall numbers as plain names (an Enum member lookup costs ~10 attribute reads in
@@ -205,7 +209,7 @@ class XenMMU:
         """A store to a page-table entry: plain if its table is not pinned; queued in
         lazy mode; else a direct store Xen emulates (ptwr) or an mmu_update."""
         if not self._pinned(mm):
-            self.engine.write(v, ptep, val)
+            set_pte_halves(self.engine, v, ptep, val)
             return
         req = MmuUpdate(self.machine_addr(ptep) | MMU_NORMAL_PT_UPDATE, val)
         if self._lazy[v]:
@@ -218,7 +222,7 @@ class XenMMU:
 
     def set_pte(self, vcpu, mm, va, ptep, val):
         if mm is not None and not mm.pinned:
-            self.engine.write(vcpu, ptep, val)
+            set_pte_halves(self.engine, vcpu, ptep, val)
             return
         if self._lazy[vcpu]:
             self._store(vcpu, mm, ptep, val)
@@ -227,8 +231,8 @@ class XenMMU:
         if current and va < self.boot.hypervisor_virt_start and self.engine.hypercall(
                 vcpu, _UPDATE_VA_MAPPING, va, val, UVMF_NONE) == 0:
             return
-        if self.ptwr:
-            self.engine.write(vcpu, ptep, val)
+        if self.ptwr:                   # two 4-byte stores, each emulated by Xen
+            set_pte_halves(self.engine, vcpu, ptep, val)
         else:
             self._mmu(vcpu, [MmuUpdate(self.machine_addr(ptep) | MMU_NORMAL_PT_UPDATE, val)])
 
@@ -245,8 +249,10 @@ class XenMMU:
     def ptep_set_wrprotect(self, vcpu, mm, va, ptep):
         pte = self.engine.read(vcpu, ptep)
         if pte & RW:
-            if self._pinned(mm) and not self._lazy[vcpu] and self.ptwr:
-                self.engine.write(vcpu, ptep, pte & ~RW)     # clear_bit: emulated by Xen
+            if not self._pinned(mm) or not self._lazy[vcpu] and self.ptwr:
+                # clear_bit(_PAGE_BIT_RW, &ptep->pte_low): a 4-byte locked RMW of the low
+                # half; on a pinned table Xen's ptwr emulates it
+                self.engine.write_u32(vcpu, ptep, pte & 0xFFFFFFFF & ~RW)
             else:
                 self._store(vcpu, mm, ptep, pte & ~RW)
 

@@ -316,6 +316,20 @@ class PVEngine(Engine):
                 return
             raise self._bounce(vcpu, pf) from None
 
+    def write_u32(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
+        """A 4-byte store: half of a PTE (Linux PAE set_pte writes the high half, then the
+        low); under writable page tables ptwr emulates it on its own trap, widened to 8
+        bytes with the other half of the old entry (ptwr.py)."""
+        if va >= MACH2PHYS_VIRT_END or self.crashed or not self.up[vcpu]:
+            self._segment(vcpu, va)
+        try:
+            self.cpus[vcpu].write_u32(va, value, access)
+        except PageFault as pf:
+            if self.ptwr_enabled and ptwr.emulate(self, vcpu, va, value, 4, pf.error_code):
+                self._after_op()
+                return
+            raise self._bounce(vcpu, pf) from None
+
     def translate(self, vcpu: int, va: int, access: int = 0) -> int:
         if va >= MACH2PHYS_VIRT_END or self.crashed or not self.up[vcpu]:
             self._segment(vcpu, va)
