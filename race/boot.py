@@ -38,8 +38,12 @@ __all__ = ["BootCell", "ENGINES", "HOLD_CYCLES", "engine_class", "list_cost_tabl
            "list_profiles", "run_boot"]
 
 # milestones reached within this many simulated cycles of the first one not yet yielded go
-# out together (about 0.8 ms of the guest's time at 2.4 GHz; typically 10-40 ms of wall time)
-HOLD_CYCLES = 2_000_000
+# out together: 5 ms of the guest's time at 2.4 GHz, about 0.2 s of wall time at the engines'
+# simulation speed here (55-80 M simulated cycles per second), under the live display's redraw
+# period (0.25 s, race/progress.py), so holding costs the display nothing it could show. A
+# `tiny` boot then sends 2 messages instead of 3; sarge's milestones are 10-200 M cycles apart
+# after init_exec, so they still travel one by one.
+HOLD_CYCLES = 12_000_000
 
 # engine name -> (module, class); an engine joins the race the day its module lands
 _ENGINE_CLASSES = {"native": ("engines.native", "NativeEngine"),
