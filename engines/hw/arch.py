@@ -124,14 +124,23 @@ class GeneralProtection(HwError):
 
 
 class PageFault(HwError):
-    """#PF with the faulting linear address (CR2) and the architectural error code."""
+    """#PF with the faulting linear address (CR2) and the architectural error code:
+    `PageFault(vaddr, error_code[, detail])`.
 
-    def __init__(self, vaddr: int, error_code: int, detail: str = ""):
-        # the message is built only when shown: page faults are frequent and mostly caught
-        super().__init__(vaddr, error_code)
-        self.vaddr = vaddr
-        self.error_code = error_code
-        self.detail = detail
+    The values live in `args` only (no Python-level `__init__`: page faults are frequent
+    and mostly caught, so raising one stays in C); the message is built only when shown."""
+
+    @property
+    def vaddr(self) -> int:
+        return self.args[0]
+
+    @property
+    def error_code(self) -> int:
+        return self.args[1]
+
+    @property
+    def detail(self) -> str:
+        return self.args[2] if len(self.args) > 2 else ""
 
     def __str__(self) -> str:
         msg = (f"#PF at va {self.vaddr:#010x}, error code {self.error_code:#x} "

@@ -23,6 +23,13 @@ Modelling choices (documented, deterministic):
   tuple index and one XOR (`vaddr ^ e[32]` is the physical address), the cheapest form found
   in CPython 3.11 (benchmarks/bench_hw.py). A change of CR0.WP rewrites the cached entries'
   ok items from their rights; it drops nothing.
+- **#PF delivery.** The walker returns the physical address, or the bitwise complement of
+  the error code when the access faults (the fault already counted and the page's TLB
+  entries dropped, SDM §4.10.4.1). `translate` and the accessors built on it raise
+  `PageFault(vaddr, code)` from that; `try_translate` hands the complement back instead,
+  for a hypervisor that intercepts every #PF and would only catch the exception (a VM exit
+  carries the same vector, error code and CR2 as values). Either way the hardware did the
+  same thing.
 - **CR0.PG.** The CPU powers up with paging *on* (PAE mode, all PDPTE registers not
   present) so the public contract is PAE translation; `cr0_pg = False` gives the identity
   translation of the pre-paging boot. Changing PG, PGE or NXE flushes the whole TLB; changing
@@ -42,6 +49,8 @@ Modelling choices (documented, deterministic):
 from __future__ import annotations
 
 from dataclasses import fields
+from itertools import compress
+from operator import itemgetter
 
 from .arch import (A_FETCH, A_USER, A_WRITE, F_A, F_D, F_G, F_PS, F_RW, F_US, F_XD,
                    LARGE_PAGE_SIZE, PAGE_SIZE, GeneralProtection, PageFault,
@@ -79,6 +88,7 @@ _OK = (tuple(_ok_items(r, False) for r in range(16)), tuple(_ok_items(r, True) f
 # index of the frame-base-XOR-linear-base, G and rights items of a TLB entry (not used on the
 # hot paths, which index with the literal 32)
 _DELTA, _GLOBAL, _RIGHTS = 32, 33, 34
+_global_item = itemgetter(_GLOBAL)
 
 
 _COUNTER_NAMES = tuple(f.name for f in fields(CPUCounters))
@@ -264,7 +274,7 @@ class CPU:
             if include_global:
                 table.clear()
             elif table:
-                keep = [(k, e) for k, e in table.items() if e[_GLOBAL]]
+                keep = list(compress(table.items(), map(_global_item, table.values())))
                 table.clear()
                 table.update(keep)
         if self._filter:
@@ -328,6 +338,24 @@ class CPU:
         if e is not None and e[access]:
             self.tlb_hits_2m += 1
             return vaddr ^ e[32]
+        paddr = self._walk(vaddr, access)
+        if paddr < 0:
+            raise PageFault(vaddr, ~paddr)
+        return paddr
+
+    def try_translate(self, vaddr: int, access: int = 0) -> int:
+        """`translate` that returns a #PF instead of raising it: the physical address, or
+        the bitwise complement of the error code (a negative int; CR2 is `vaddr`). The same
+        walk, counters and TLB effects; for a hypervisor that intercepts every #PF and would
+        only catch the exception."""
+        e = self._t4.get(vaddr >> 12)
+        if e is not None and e[access]:
+            self.tlb_hits_4k += 1
+            return vaddr ^ e[32]
+        e = self._t2.get(vaddr >> 21)
+        if e is not None and e[access]:
+            self.tlb_hits_2m += 1
+            return vaddr ^ e[32]
         return self._walk(vaddr, access)
 
     def read_u64(self, vaddr: int, access: int = 0) -> int:
@@ -359,16 +387,28 @@ class CPU:
         implied): half of a PAE entry, as Linux's set_pte stores one."""
         self.memory.write_u32(self.translate(vaddr, access | A_WRITE), value)
 
-    def _fault(self, vaddr: int, access: int, code: int, kind: str) -> PageFault:
+    def _fault(self, vaddr: int, access: int, code: int) -> int:
+        """Count a #PF found by the walk (`code`: 0 not present, 1 protection, 9 reserved
+        bit), drop the page's TLB entries and return the complement of the error code."""
+        if not code:
+            self.faults_not_present += 1
+        elif code & 8:
+            self.faults_rsvd += 1
+        else:
+            self.faults_protection += 1
         if access & A_FETCH and self._nxe:
             code |= 0x10
         code |= access & (A_WRITE | A_USER)
-        setattr(self, kind, getattr(self, kind) + 1)
         # a #PF invalidates the TLB entries of the faulting page (SDM §4.10.4.1)
-        self._drop(vaddr >> 12, vaddr >> 21, every_root=False)
-        return PageFault(vaddr, code)
+        if self._filter:
+            self._drop(vaddr >> 12, vaddr >> 21, every_root=False)
+        else:
+            self._t4.pop(vaddr >> 12, None)
+            self._t2.pop(vaddr >> 21, None)
+        return -1 - code                 # ~code, as a plain int even for an IntFlag access
 
     def _walk(self, vaddr: int, access: int) -> int:
+        """A TLB miss: walk, fill and return the physical address, or ~error code."""
         if not 0 <= vaddr <= 0xFFFFFFFF:
             raise ValueError(f"linear address {vaddr:#x} is not a 32-bit address")
         if not self._pg:
@@ -376,7 +416,7 @@ class CPU:
         self.walks += 1
         pdpte = self._pdptes[vaddr >> 30]
         if not pdpte & 1:
-            raise self._fault(vaddr, access, 0, "faults_not_present")
+            return self._fault(vaddr, access, 0)
         pde_pa = (pdpte & self._amask) | ((vaddr >> 18) & 0xFF8)
         self.pde_reads += 1
         # entry reads inlined: the miss path is the second-hottest code of the project
@@ -385,13 +425,13 @@ class CPU:
         frame = self._frames.get(pde_pa >> 12)
         pde = 0 if frame is None else frame[(pde_pa & 0xFFF) >> 3]
         if not pde & 1:
-            raise self._fault(vaddr, access, 0, "faults_not_present")
+            return self._fault(vaddr, access, 0)
         if pde & F_PS:
             if pde & self._rsvd_large:
-                raise self._fault(vaddr, access, 0x9, "faults_rsvd")
+                return self._fault(vaddr, access, 0x9)
             return self._fill(vaddr, access, pde, pde_pa, pde, -1)
         if pde & self._rsvd:
-            raise self._fault(vaddr, access, 0x9, "faults_rsvd")
+            return self._fault(vaddr, access, 0x9)
         if not pde & F_A:
             self.memory.set_bits_u64(pde_pa, F_A)
             self.ad_writes += 1
@@ -402,9 +442,9 @@ class CPU:
         frame = self._frames.get(pte_pa >> 12)
         pte = 0 if frame is None else frame[(pte_pa & 0xFFF) >> 3]
         if not pte & 1:
-            raise self._fault(vaddr, access, 0, "faults_not_present")
+            return self._fault(vaddr, access, 0)
         if pte & self._rsvd:
-            raise self._fault(vaddr, access, 0x9, "faults_rsvd")
+            return self._fault(vaddr, access, 0x9)
         return self._fill(vaddr, access, pte, pte_pa, pde, pde_pa)
 
     def _fill(self, vaddr: int, access: int, leaf: int, leaf_pa: int, pde: int,
@@ -417,7 +457,7 @@ class CPU:
         if ((access & A_USER and not rights & 2)
                 or (access & A_WRITE and not rights & 1 and (access & A_USER or self._wp))
                 or (access & A_FETCH and rights & 4)):
-            raise self._fault(vaddr, access, 0x1, "faults_protection")
+            return self._fault(vaddr, access, 0x1)
         if access & A_WRITE:
             rights |= 8
             if leaf & 0x60 != 0x60:
@@ -429,7 +469,6 @@ class CPU:
             if not leaf & F_A:
                 self.memory.set_bits_u64(leaf_pa, F_A)
                 self.ad_writes += 1
-        tail = (self._pge and bool(leaf & F_G), rights)
         if self._filter:
             # every entry the translation came through, the PDPTE included: a later edit of
             # any of them must not be hidden by a kept entry
@@ -441,11 +480,14 @@ class CPU:
             base = leaf & self._amask & ~(LARGE_PAGE_SIZE - 1)
             self.tlb_misses_2m += 1
             self._insert(True, vaddr >> 21,
-                         self._ok[rights] + (base ^ (vaddr & ~(LARGE_PAGE_SIZE - 1)),) + tail)
+                         self._ok[rights] + (base ^ (vaddr & 0xFFE00000),
+                                             self._pge and bool(leaf & F_G), rights))
             return base | (vaddr & (LARGE_PAGE_SIZE - 1))
         base = leaf & self._amask
         self.tlb_misses_4k += 1
-        entry = self._ok[rights] + (base ^ (vaddr & ~(PAGE_SIZE - 1)),) + tail
+        # (one tuple concatenation: the ok items, then delta, G, rights; vaddr is 32-bit)
+        entry = self._ok[rights] + (base ^ (vaddr & 0xFFFFF000), self._pge and bool(leaf & F_G),
+                                    rights)
         if self._filter:
             self._insert(False, vaddr >> 12, entry)
         else:                                        # _insert's common case, inlined

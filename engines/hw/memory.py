@@ -5,6 +5,9 @@ materialised frame is a list of 512 64-bit words. Only aligned 8-byte and 4-byte
 exist: that is all a page-table walker, a hypervisor and the guest model need. Errors name
 the offending address in hex (in the manner of rust-vmm's vm-memory).
 
+Fast reads: `frame(mfn)` hands out a frame's live word list (None while untouched), for
+callers that read entries by frame and index without a call per word; it is for reading only.
+
 Write watching: the K8 TLB flush filter (engines.hw.cpu) must notice software writes to
 page-table memory. CPUs register 64-byte lines here; a write to a registered line calls the
 watcher. With no watchers the check is one falsy-dict test.
@@ -19,7 +22,7 @@ _WORDS = PAGE_SIZE // 8
 class PhysicalMemory:
     """Machine memory: `read_u64`/`write_u64` at 8-byte-aligned physical addresses."""
 
-    __slots__ = ("size", "_frames", "watch")
+    __slots__ = ("size", "_frames", "watch", "frame")
 
     def __init__(self, size_bytes: int):
         if not 0 < size_bytes <= MAX_MEMORY or size_bytes % PAGE_SIZE:
@@ -29,6 +32,11 @@ class PhysicalMemory:
         self._frames: dict[int, list[int]] = {}
         # 64-byte line number -> set of callbacks; see module docstring
         self.watch: dict[int, set] = {}
+        # frame(mfn): the live 512-word list of a materialised frame, None if untouched (all
+        # zeros). The frames dict's own `get`, so a read costs no Python call: for a walker or
+        # hypervisor reading entries by (mfn, index). Read-only: writes go through write_u64
+        # and the other writers, which materialise frames and notify watchers.
+        self.frame = self._frames.get
 
     # -- checked accessors ------------------------------------------------------------------
     def _check(self, paddr: int, align: int) -> None:
