@@ -108,11 +108,10 @@ class Emulation:
         gfn = walk.gfn
         if size == 8:
             self.memory.write_u64(maddr, value)
-            flush = self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3, value)
+            word = value
         else:
-            self.memory.write_u32(maddr, value)
-            flush = self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3)
-        if flush:
+            word = self._store_u32(maddr, value)
+        if self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3, word):
             self._flush_all(vcpu)
         vs.half = walk.va if size == 4 and not cont else None
         if size == 4 and maddr & 4:
@@ -126,6 +125,17 @@ class Emulation:
         else:
             vs.last_unshadow = None
         return _DONE
+
+    def _store_u32(self, maddr: int, value: int) -> int:
+        """`memory.write_u32(maddr, value)`, returning the whole 8-byte word that now holds
+        the half (the entry to re-validate): one read of the frame, one 8-byte store."""
+        if maddr & 3 or not 0 <= value <= 0xFFFFFFFF:
+            self.memory.write_u32(maddr, value)         # refused there, with its message
+        words = self._frame(maddr >> 12)
+        old = 0 if words is None else words[(maddr & 0xFFF) >> 3]
+        new = (old & 0xFFFFFFFF) | (value << 32) if maddr & 4 else (old & ~0xFFFFFFFF) | value
+        self.memory.write_u64(maddr & ~7, new)
+        return new
 
     def _bulk_write(self, vcpu: int, va: int, src_mfn: int | None) -> None:
         """clear_page/copy_page: 512 stores. Onto a shadowed page table each would trap and

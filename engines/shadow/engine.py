@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engines.api import ABI, BootInfo, CostTable, DomainSpec, Engine, EngineError, GuestPageFault
-from engines.hw import A_USER, A_WRITE, AddressError, GeneralProtection, PageFault
+from engines.hw import A_USER, A_WRITE, AddressError, GeneralProtection
 
 from .accounting import PF_BOUNCE, PF_DELIVERY, SH_FILL, TRAP, WALK_REF, Accounting
 from .audit import ShadowAudit
@@ -88,7 +88,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         self.M = spec.maxphyaddr
         self._amask = self.mode.frame_mask(self.M)
         self._plans = (PAE.plan(self.M, False), PAE.plan(self.M, True))    # by EFER.NXE
-        self._walkers = tuple(p.walk_translated for p in self._plans)
+        self._walkers = tuple(p.walk_frames for p in self._plans)
         self._rsvd = tuple((p.reserved[1], p.reserved[2], p.large_reserved) for p in self._plans)
         c = self._cost
         self._c_trap, self._c_gwref, self._c_fill = c["trap"], c["sh_guest_walk_ref"], c["sh_fill"]
@@ -101,7 +101,8 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                       + (self.nr_pages * 8 + 4095) // 4096)
         self.p2m = P2M(self.memory, self.nr_pages, xen_frames, spec.seed)
         self.xen = XenArea(self.memory, self.p2m)
-        self._p2m, self._mread = self.p2m.p2m, self.memory.read_u64
+        self._p2m, self._mread, self._frame = self.p2m.p2m, self.memory.read_u64, self.memory.frame
+        self._msize = self.memory.size
         self._gread_fn = self._make_gread()
         self.pool = ShadowPool(self.p2m.alloc_xen(pool_pages))
         self.mapcount: dict[int, int] = {}
@@ -130,73 +131,68 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                                     f"HYPERVISOR_VIRT_START {HYPERVISOR_VIRT_START:#x}, only "
                                     f"supervisor reads of the RO_MPT area are allowed")
 
-    # Each access tries the hardware once; only a #PF enters the loop of (fix, retry) that
-    # gives up after the 4th fix.
+    # Each access tries the hardware (`try_translate`: a #PF comes back as a negative value,
+    # as the VM exit would hand it to Xen, not as an exception); only a fault enters
+    # `_after_fault`'s loop of (fix, retry), which gives up after the 4th fix.
     def read(self, vcpu: int, va: int, access: int = 0) -> int:
         if va >= HYPERVISOR_VIRT_START:
             self._xen_area(va, access)
-        cpu = self.cpus[vcpu]
-        try:
-            return cpu.read_u64(va, access)
-        except PageFault:
-            pass
-        for _ in range(3):
-            self._sh_page_fault(vcpu, va, access)
-            try:
-                return cpu.read_u64(va, access)
-            except PageFault:
-                pass
-        self._sh_page_fault(vcpu, va, access)
-        raise EngineError(f"read at va {va:#010x} on vcpu {vcpu}: shadow fill did not stick")
+        maddr = self.cpus[vcpu].try_translate(va, access)
+        if maddr < 0:
+            maddr = self._after_fault(vcpu, va, access, None, 8, "read at")
+        if maddr & 7 or maddr >= self._msize:
+            return self._mread(maddr)                   # refused there, with its message
+        words = self._frame(maddr >> 12)
+        return 0 if words is None else words[(maddr & 0xFFF) >> 3]
 
     def write(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
         access |= A_WRITE
         if va >= HYPERVISOR_VIRT_START:
             self._xen_area(va, access)
-        cpu = self.cpus[vcpu]
-        try:
-            return cpu.write_u64(va, value, access)
-        except PageFault:
-            pass
-        for _ in range(3):
-            if self._sh_page_fault(vcpu, va, access, value) is _DONE:
-                return None
-            try:
-                return cpu.write_u64(va, value, access)
-            except PageFault:
-                pass
-        if self._sh_page_fault(vcpu, va, access, value) is _DONE:
-            return None
-        raise EngineError(f"write at va {va:#010x} on vcpu {vcpu}: shadow fill did not stick")
+        maddr = self.cpus[vcpu].try_translate(va, access)
+        if maddr < 0:
+            maddr = self._after_fault(vcpu, va, access, value, 8, "write at")
+            if maddr is _DONE:
+                return
+        self.memory.write_u64(maddr, value)
 
     def write_u32(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
         """A 4-byte store (Linux PAE set_pte writes a PTE as two 32-bit halves)."""
         access |= A_WRITE
         if va >= HYPERVISOR_VIRT_START:
             self._xen_area(va, access)
-        cpu = self.cpus[vcpu]
-        for _ in range(4):
-            try:
-                self.memory.write_u32(cpu.translate(va, access), value)
-                self.vs[vcpu].half = None
+        maddr = self.cpus[vcpu].try_translate(va, access)
+        if maddr < 0:
+            maddr = self._after_fault(vcpu, va, access, value, 4, "write at")
+            if maddr is _DONE:
                 return
-            except PageFault:
-                if self._sh_page_fault(vcpu, va, access, value, 4) is _DONE:
-                    return
-        raise EngineError(f"write at va {va:#010x} on vcpu {vcpu}: shadow fill did not stick")
+        self.memory.write_u32(maddr, value)
+        self.vs[vcpu].half = None
 
     def translate(self, vcpu: int, va: int, access: int = 0) -> int:
         if va >= HYPERVISOR_VIRT_START:
             self._xen_area(va, access)
+        maddr = self.cpus[vcpu].try_translate(va, access)
+        if maddr < 0:
+            maddr = self._after_fault(vcpu, va, access, None, 8, "translate of")
+        return maddr
+
+    def _after_fault(self, vcpu: int, va: int, access: int, value, size: int, what: str):
+        """The hardware faulted: sh_page_fault, then the access again, at most 4 times.
+        Returns the machine address the access may now use, or _DONE (emulated)."""
         cpu = self.cpus[vcpu]
-        for _ in range(4):
-            try:
-                return cpu.translate(va, access)
-            except PageFault:
-                r = self._sh_page_fault(vcpu, va, access, None)
-                if r is not None:
-                    return r
-        raise EngineError(f"translate of va {va:#010x} on vcpu {vcpu}: fill did not stick")
+        for _ in range(3):
+            r = self._sh_page_fault(vcpu, va, access, value, size)
+            if r is not None:
+                return r
+            maddr = cpu.try_translate(va, access)
+            if maddr >= 0:
+                return maddr
+        r = self._sh_page_fault(vcpu, va, access, value, size)
+        if r is not None:
+            return r
+        raise EngineError(f"{what} va {va:#010x} on vcpu {vcpu}: "
+                          f"{'fill' if what == 'translate of' else 'shadow fill'} did not stick")
 
     def clear_page(self, vcpu: int, va: int) -> None:
         self._bulk_write(vcpu, va, None)
@@ -214,25 +210,25 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         vs = self.vs[vcpu]
         vs.up = True
         cont = size == 4 and vs.half == va ^ 4      # second half caught in the same trap
-        n = self._n
+        n, cycles = self._n, self._cycles
         if not cont:
-            self._cycles[vcpu] += self._c_trap
+            cycles[vcpu] += self._c_trap
             n[TRAP] += 1
         if vs.pg:                                   # the guest walk (guest_walk_tables)
             self._walk_vcpu = vcpu
-            walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._mread,
+            walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._frame,
                                          self._gset_bits_fn, vs.wp, self._p2m)
         else:
             walk = self._unpaged_walk(va, access)
         _va, _acc, _entries, _gpas, _level, pfec, gfn, writable, _user, _nx, refs = walk
         if refs:
-            self._cycles[vcpu] += self._c_gwref * refs
+            cycles[vcpu] += self._c_gwref * refs
             n[WALK_REF] += refs
         elif vs.pg:
             self.charge(vcpu, "sh_guest_walk_ref", 0)
         if pfec is not None:
             vs.last_unshadow = vs.half = None
-            self._cycles[vcpu] += self._c_bounce        # pf_bounce + pf_delivery
+            cycles[vcpu] += self._c_bounce              # pf_bounce + pf_delivery
             n[PF_BOUNCE] += 1
             n[PF_DELIVERY] += 1
             raise GuestPageFault(va, pfec)
@@ -253,7 +249,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                 return self._plain_write(vcpu, maddr, value, size)
         vs.last_unshadow = vs.half = None
         self._fill(vcpu, va, walk)
-        self._cycles[vcpu] += self._c_fill
+        cycles[vcpu] += self._c_fill
         n[SH_FILL] += 1
         return None
 

@@ -12,7 +12,10 @@ walk then faults; the leaf gets A, and D on a write, only on success) and *retur
 
 Like Xen, which compiles multi.c once per guest paging level, the walk is written once and
 instantiated per mode (`PagingMode.plan`: the level loop unrolled and the mode's constants
-folded in), so the PAE walk the fault path runs is straight-line code.
+folded in), so the PAE walk the fault path runs is straight-line code. The fault path's
+form (`walk_frames`) maps each table's gfn through the P2M and indexes the machine frame's
+word list (`PhysicalMemory.frame`), as Xen's walk maps each guest table with
+map_domain_page and reads entries from the mapping.
 
 Faults follow SDM §4.7 / pae.md §5-7: the first failing level ends the walk; a reserved bit
 in a present entry beats a rights violation; error code P|RSVD for reserved bits, 0 for
@@ -24,6 +27,7 @@ pages when CR4.PSE, no NX, PSE-36 frame bits), shown by tests at the walker leve
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -82,7 +86,8 @@ class PagingMode:
                 tuple(n - 1 for n in self.entries), self.entry_bytes, small,
                 self.large_level if pse or self.name == "pae" else 0, large, tmask)
             plan = self._plans[key] = plan._replace(
-                walk=_compile_walk(plan), walk_translated=_compile_walk(plan, True))
+                walk=_compile_walk(plan), walk_translated=_compile_walk(plan, "p2m"),
+                walk_frames=_compile_walk(plan, "frames") if self.entry_bytes == 8 else None)
         return plan
 
     def frame_mask(self, maxphyaddr: int) -> int:
@@ -136,6 +141,8 @@ class WalkPlan(NamedTuple):
     table_mask: int
     walk: Callable = None           # the walk compiled for this plan (`_compile_walk`)
     walk_translated: Callable = None    # ... reading tables through a P2M list (+ p2m arg)
+    walk_frames: Callable = None        # ... the same, `read` = PhysicalMemory.frame (8-byte
+                                        # entries only: None for 2-level)
 
 
 PAE = PagingMode("pae", levels=3, entry_bytes=8, entries=(0, 512, 512, 4),
@@ -205,19 +212,29 @@ def walk_plan(plan: WalkPlan, va: int, access: int, top, read: ReadFn,
 # plan's masks, shifts and sizes as constants, so a PAE walk is straight-line code. Each
 # block: read the entry (PDPTEs: from `top`), stop on not-present, on a PS=1 entry at the
 # large level (reserved bits, else a leaf), on reserved bits; AND its R/W, U/S into
-# `rights`, OR it into `xd`; a table entry then gets A (set_bits) and the walk goes down.
-# The leaf block checks the access against the rights and sets A (and D on a write).
+# `rights`; a table entry then gets A (set_bits) and the walk goes down. The leaf block
+# takes XD from the entries below the top, checks the access against the rights and sets A
+# (and D on a write). Flag names are written into the source as literals.
 
 def _outside(gpa: int, nr_pages: int) -> AddressError:
     return AddressError(f"guest page-table entry at guest-physical {gpa:#x} is outside "
                         f"the domain's {nr_pages:#x} pages")
 
 
-def _compile_walk(plan: WalkPlan, translated: bool = False) -> Callable:
+_FLAGS = {"F_P": F_P, "F_PS": F_PS, "F_A": F_A, "F_D": F_D, "F_RW": F_RW, "F_US": F_US,
+          "F_XD": F_XD, "A_USER": A_USER, "A_WRITE": A_WRITE, "A_FETCH": A_FETCH}
+_FLAG_NAMES = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b")
+
+
+def _compile_walk(plan: WalkPlan, translated: str = "") -> Callable:
+    """The walk for `plan`: `read(gpa)` reads an entry; with `translated` the walk also takes
+    the P2M list and maps each table's frame through it, then reads with `read(maddr)`
+    ("p2m") or takes the frame's word list from `read(mfn)` (PhysicalMemory.frame: None for
+    an untouched frame) and indexes it ("frames": no call per entry, no machine address)."""
     (_mode, _m, nxe, levels, in_registers, shifts, imasks, ebytes, small, large_level,
      large_mask, tmask) = plan[:12]
     out = [f"def walk(va, access, top, read, set_bits, wp{', p2m' if translated else ''}):",
-           f"    rights = {F_RW | F_US}", "    xd = 0"]
+           f"    rights = {F_RW | F_US}"]
     if translated:
         out.append("    nr = len(p2m)")
     entries: list[str] = []         # expressions of the entries read so far, as recorded
@@ -233,7 +250,10 @@ def _compile_walk(plan: WalkPlan, translated: bool = False) -> Callable:
         done = entries[:-1] + ["e"]
         gfn = (f"({e} & {tmask}) >> 12" if level == 1
                else f"mode.leaf_gfn({e}, {level}, va, {_m})")
-        return [f"{ind}nx = {'bool(xd & F_XD)' if nxe else 'False'}",
+        # XD of the entries below the top (a PDPTE has none): an entry has bit 63 set iff
+        # it is >= 2**63, a comparison that allocates nothing (the entries are 3-digit ints)
+        xd = " or ".join(f"{x} >= F_XD" for x in entries[1 if in_registers else 0:])
+        return [f"{ind}nx = {xd if nxe else 'False'}",
                 (f"{ind}if ((access & A_USER and not rights & F_US)"
                  f" or (access & A_WRITE and not rights & F_RW and (access & A_USER or wp))"
                  f" or (access & A_FETCH and nx)):"),
@@ -244,8 +264,8 @@ def _compile_walk(plan: WalkPlan, translated: bool = False) -> Callable:
                 f"{ind}    set_bits({g}, want)",
                 f"{ind}    e |= want",
                 (f"{ind}return _new(GuestWalk, (va, access, ({', '.join(done)},), "
-                 f"({', '.join(gpas)},), {level}, None, {gfn}, bool(rights & F_RW), "
-                 f"bool(rights & F_US), nx, {refs}))")]
+                 f"({', '.join(gpas)},), {level}, None, {gfn}, rights & F_RW != 0, "
+                 f"rights & F_US != 0, nx, {refs}))")]
 
     level = levels
     if in_registers:
@@ -260,8 +280,12 @@ def _compile_walk(plan: WalkPlan, translated: bool = False) -> Callable:
         e, g = f"e{level}", f"g{level}"
         out.append(f"    {g} = t + ((va >> {shifts[level]}) & {imasks[level]}) * {ebytes}")
         if translated:                   # the table's frame through the P2M
-            out += [f"    if {g} >> 12 >= nr:", f"        raise _outside({g}, nr)",
-                    f"    {e} = read((p2m[{g} >> 12] << 12) | ({g} & 4095))"]
+            out += [f"    if {g} >> 12 >= nr:", f"        raise _outside({g}, nr)"]
+        if translated == "frames":
+            out += [f"    f = read(p2m[{g} >> 12])",
+                    f"    {e} = 0 if f is None else f[({g} & 4095) >> 3]"]
+        elif translated:
+            out.append(f"    {e} = read((p2m[{g} >> 12] << 12) | ({g} & 4095))")
         else:
             out.append(f"    {e} = read({g})")
         refs += 1
@@ -273,10 +297,10 @@ def _compile_walk(plan: WalkPlan, translated: bool = False) -> Callable:
             if large_mask:
                 out += [f"        if {e} & {large_mask}:",
                         fault(level, PFEC_P | PFEC_RSVD, "            ")]
-            out += [f"        rights &= {e}", f"        xd |= {e}"] + leaf(level, "        ")
+            out += [f"        rights &= {e}"] + leaf(level, "        ")
         if small[level]:
             out += [f"    if {e} & {small[level]}:", fault(level, PFEC_P | PFEC_RSVD, "        ")]
-        out += [f"    rights &= {e}", f"    xd |= {e}"]
+        out += [f"    rights &= {e}"]
         if level == 1:
             out += leaf(1, "    ")
         else:
@@ -286,11 +310,10 @@ def _compile_walk(plan: WalkPlan, translated: bool = False) -> Callable:
                     f"    t = {e} & {tmask}"]
             entries[-1] = f"a{level}"
         level -= 1
-    namespace = {"_fault": _fault, "_new": _new_walk, "_outside": _outside, "GuestWalk": GuestWalk, "mode": _mode,
-                 "F_P": F_P, "F_PS": F_PS, "F_A": F_A, "F_D": F_D, "F_RW": F_RW,
-                 "F_US": F_US, "F_XD": F_XD, "A_USER": A_USER, "A_WRITE": A_WRITE,
-                 "A_FETCH": A_FETCH}
-    source = "\n".join(out)            # only this module's own text and the plan's integers
+    namespace = {"_fault": _fault, "_new": _new_walk, "_outside": _outside,
+                 "GuestWalk": GuestWalk, "mode": _mode}
+    # only this module's own text and the plan's integers; the flag names become literals
+    source = _FLAG_NAMES.sub(lambda m: str(_FLAGS[m.group()]), "\n".join(out))
     exec(compile(source, f"<guest walk: {_mode.name}, plan {plan[1:3]}>", "exec"),  # noqa: S102
          namespace)
     return namespace["walk"]

@@ -26,6 +26,7 @@ This is a mixin of `ShadowEngine`; the attributes it uses are set up in engine.p
 from __future__ import annotations
 
 from itertools import compress, count
+from operator import itemgetter
 
 from engines.api import GuestCrash
 
@@ -36,6 +37,8 @@ from .pool import SH_FL1, SH_L1, SH_L2H, ShadowPage
 REF_MAX = (1 << 26) - 1       # width of a frame's shadow reference count (PGC_count_mask-like)
 PREFETCH_DISTANCE = 32        # Xen's PREFETCH_DISTANCE
 _L2_FLAGS = F_P | F_A | F_D
+_P_A, _P_A_D, _RW_D = F_P | F_A, F_P | F_A | F_D, F_RW | F_D
+_word = itemgetter(1)
 
 
 class ShadowOps:
@@ -43,16 +46,16 @@ class ShadowOps:
 
     # -- propagation (guest entry -> shadow entry) -----------------------------------------
     def _sl1e_from_guest(self, gl1e: int, nxe: bool, sp: ShadowPage, idx: int) -> int:
-        if gl1e & (F_P | F_A) != F_P | F_A or gl1e & self._rsvd[nxe][0]:
+        if gl1e & _P_A != _P_A or gl1e & self._rsvd[nxe][0]:
             return 0
         gfn = (gl1e & self._amask) >> 12
         if gfn >= self.nr_pages:
             return 0
-        flags = F_P | F_A | F_D | (gl1e & F_US)
-        if gl1e & F_RW and gl1e & F_D and (gfn not in self.pool.by_gfn
-                                           or self._oos_may_write(gfn, sp.smfn, idx)):
+        flags = _P_A_D | (gl1e & F_US)
+        if gl1e & _RW_D == _RW_D and (gfn not in self.pool.by_gfn
+                                      or self._oos_may_write(gfn, sp.smfn, idx)):
             flags |= F_RW
-        if nxe and gl1e & F_XD:
+        if nxe and gl1e >= F_XD:                 # (bit 63: a compare allocates nothing)
             flags |= F_XD
         return (self._p2m[gfn] << 12) | flags
 
@@ -108,11 +111,12 @@ class ShadowOps:
     def _set_sl1e(self, sp: ShadowPage, idx: int, new: int) -> bool:
         """shadow_set_l1e: install `new` at `idx`, moving frame references. True when a
         present entry was removed or narrowed (the caller must flush)."""
-        maddr = (sp.smfn << 12) | (idx << 3)
-        memory = self.memory
-        old = memory.read_u64(maddr)
+        words = self._frame(sp.smfn)
+        old = 0 if words is None else words[idx]
         if old == new:
             return False
+        maddr = (sp.smfn << 12) | (idx << 3)
+        memory = self.memory
         amask = self._amask
         if new & F_P:
             mfn = (new & amask) >> 12
@@ -171,11 +175,8 @@ class ShadowOps:
 
     def _nonzero(self, mfn: int) -> list[tuple[int, int]]:
         """`memory.nonzero_words(mfn)` (index, value) in index order, the scan done in C."""
-        memory = self.memory
-        if not memory.is_materialised(mfn):
-            return []
-        words = memory.frame_words(mfn)
-        return [(i, words[i]) for i in compress(range(512), words)]
+        words = self._frame(mfn)
+        return [] if words is None else list(filter(_word, enumerate(words)))
 
     # -- making and destroying shadows -------------------------------------------------------
     def _new_shadow(self, vcpu: int, type_: str, gfn: int, key: tuple) -> ShadowPage:
@@ -274,12 +275,14 @@ class ShadowOps:
         if not shadows:
             return False
         if word is None:
-            word = self.memory.read_u64((self._p2m[gfn] << 12) | (idx << 3))
+            words = self._frame(self._p2m[gfn])
+            word = 0 if words is None else words[idx]
         nxe = self.vs[vcpu].nxe
         if len(shadows) == 1 and shadows[0].type == SH_L1:      # the common case
             sp = shadows[0]
             new = self._sl1e_from_guest(word, nxe, sp, idx)
-            if new == self._mread((sp.smfn << 12) | (idx << 3)):
+            words = self._frame(sp.smfn)
+            if new == (0 if words is None else words[idx]):
                 return False                                 # (_set_sl1e's first test)
             return self._set_sl1e(sp, idx, new)
         flush = False
