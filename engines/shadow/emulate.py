@@ -129,7 +129,7 @@ class Emulation:
     def _store_u32(self, maddr: int, value: int) -> int:
         """`memory.write_u32(maddr, value)`, returning the whole 8-byte word that now holds
         the half (the entry to re-validate): one read of the frame, one 8-byte store."""
-        if maddr & 3 or not 0 <= value <= 0xFFFFFFFF:
+        if maddr & 3 or maddr >= self._msize or not 0 <= value <= 0xFFFFFFFF:
             self.memory.write_u32(maddr, value)         # refused there, with its message
         words = self._frame(maddr >> 12)
         old = 0 if words is None else words[(maddr & 0xFFF) >> 3]

@@ -132,14 +132,17 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                                     f"supervisor reads of the RO_MPT area are allowed")
 
     # Each access tries the hardware (`try_translate`: a #PF comes back as a negative value,
-    # as the VM exit would hand it to Xen, not as an exception); only a fault enters
-    # `_after_fault`'s loop of (fix, retry), which gives up after the 4th fix.
+    # as the VM exit would hand it to Xen, not as an exception). A fault is fixed by
+    # `_sh_page_fault`; if that leaves the access to the hardware, `_retry` tries again,
+    # up to 4 tries and 4 fixes in all.
     def read(self, vcpu: int, va: int, access: int = 0) -> int:
         if va >= HYPERVISOR_VIRT_START:
             self._xen_area(va, access)
         maddr = self.cpus[vcpu].try_translate(va, access)
         if maddr < 0:
-            maddr = self._after_fault(vcpu, va, access, None, 8, "read at")
+            maddr = self._sh_page_fault(vcpu, va, access)
+            if maddr is None:
+                maddr = self._retry(vcpu, va, access, None, 8, "read at")
         if maddr & 7 or maddr >= self._msize:
             return self._mread(maddr)                   # refused there, with its message
         words = self._frame(maddr >> 12)
@@ -151,7 +154,9 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
             self._xen_area(va, access)
         maddr = self.cpus[vcpu].try_translate(va, access)
         if maddr < 0:
-            maddr = self._after_fault(vcpu, va, access, value, 8, "write at")
+            maddr = self._sh_page_fault(vcpu, va, access, value)
+            if maddr is None:
+                maddr = self._retry(vcpu, va, access, value, 8, "write at")
             if maddr is _DONE:
                 return
         self.memory.write_u64(maddr, value)
@@ -163,10 +168,12 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
             self._xen_area(va, access)
         maddr = self.cpus[vcpu].try_translate(va, access)
         if maddr < 0:
-            maddr = self._after_fault(vcpu, va, access, value, 4, "write at")
+            maddr = self._sh_page_fault(vcpu, va, access, value, 4)
+            if maddr is None:
+                maddr = self._retry(vcpu, va, access, value, 4, "write at")
             if maddr is _DONE:
                 return
-        self.memory.write_u32(maddr, value)
+        self._store_u32(maddr, value)
         self.vs[vcpu].half = None
 
     def translate(self, vcpu: int, va: int, access: int = 0) -> int:
@@ -174,23 +181,22 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
             self._xen_area(va, access)
         maddr = self.cpus[vcpu].try_translate(va, access)
         if maddr < 0:
-            maddr = self._after_fault(vcpu, va, access, None, 8, "translate of")
+            maddr = self._sh_page_fault(vcpu, va, access)
+            if maddr is None:
+                maddr = self._retry(vcpu, va, access, None, 8, "translate of")
         return maddr
 
-    def _after_fault(self, vcpu: int, va: int, access: int, value, size: int, what: str):
-        """The hardware faulted: sh_page_fault, then the access again, at most 4 times.
-        Returns the machine address the access may now use, or _DONE (emulated)."""
+    def _retry(self, vcpu: int, va: int, access: int, value, size: int, what: str):
+        """The first fix left the access to the hardware: try it again, fix again, at most
+        3 more times. Returns the machine address the access may now use, or _DONE."""
         cpu = self.cpus[vcpu]
         for _ in range(3):
-            r = self._sh_page_fault(vcpu, va, access, value, size)
-            if r is not None:
-                return r
             maddr = cpu.try_translate(va, access)
             if maddr >= 0:
                 return maddr
-        r = self._sh_page_fault(vcpu, va, access, value, size)
-        if r is not None:
-            return r
+            r = self._sh_page_fault(vcpu, va, access, value, size)
+            if r is not None:
+                return r
         raise EngineError(f"{what} va {va:#010x} on vcpu {vcpu}: "
                           f"{'fill' if what == 'translate of' else 'shadow fill'} did not stick")
 
@@ -239,6 +245,9 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         if access & A_WRITE:
             if gfn in self.pool.by_gfn:
                 maddr = (self._p2m[gfn] << 12) | (va & 0xFFF)
+                if value is not None and not access & A_USER and not self.opt["oos"]:
+                    # _pt_write's choice for a supervisor store without OOS, made here
+                    return self._emulate(vcpu, walk, value, size, maddr, cont)
                 r = self._pt_write(vcpu, va, access, walk, value, size, maddr, cont)
                 if r is _RETRY:
                     return None
