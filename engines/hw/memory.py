@@ -2,8 +2,9 @@
 
 Frames materialise on the first write to them; reads of untouched memory return 0. Each
 materialised frame is a list of 512 64-bit words. Only aligned 8-byte and 4-byte accesses
-exist: that is all a page-table walker, a hypervisor and the guest model need. Errors name
-the offending address in hex (in the manner of rust-vmm's vm-memory).
+exist, plus whole frames (zero, copy, load): that is all a page-table walker, a hypervisor
+and the guest model need. Errors name the offending address in hex (in the manner of
+rust-vmm's vm-memory).
 
 Fast reads: `frame(mfn)` hands out a frame's live word list (None while untouched), for
 callers that read entries by frame and index without a call per word; it is for reading only.
@@ -35,7 +36,8 @@ class PhysicalMemory:
         # frame(mfn): the live 512-word list of a materialised frame, None if untouched (all
         # zeros). The frames dict's own `get`, so a read costs no Python call: for a walker or
         # hypervisor reading entries by (mfn, index). Read-only: writes go through write_u64
-        # and the other writers, which materialise frames and notify watchers.
+        # and the other writers, which materialise frames and notify watchers (zero_frame,
+        # copy_frame and load_frame replace the list: fetch it again after them).
         self.frame = self._frames.get
 
     # -- checked accessors ------------------------------------------------------------------
@@ -110,6 +112,21 @@ class PhysicalMemory:
         """Clear a whole frame (clear_page); the frame dematerialises."""
         self._check(mfn << PAGE_SHIFT, PAGE_SIZE)
         self._frames.pop(mfn, None)
+        if self.watch:
+            for line in range(mfn << 6, (mfn + 1) << 6):
+                if line in self.watch:
+                    self._notify(line << 6)
+
+    def load_frame(self, mfn: int, words) -> None:
+        """Fill a whole frame from up to 512 words, zeros after them (what a loader or a
+        hypervisor building a table does: one call instead of a write_u64 per word)."""
+        self._check(mfn << PAGE_SHIFT, PAGE_SIZE)
+        frame = list(words)
+        if len(frame) > _WORDS or (frame and not (0 <= min(frame) and max(frame) <= U64_MASK)):
+            raise ValueError(f"load of frame {mfn:#x}: {len(frame)} words, or a value that "
+                             f"does not fit in 64 bits (at most {_WORDS} words)")
+        frame += [0] * (_WORDS - len(frame))
+        self._frames[mfn] = frame
         if self.watch:
             for line in range(mfn << 6, (mfn + 1) << 6):
                 if line in self.watch:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
 
 from engines.hw import PhysicalMemory
 
@@ -101,11 +100,8 @@ class XenArea:
         if table_frames > RO_MPT_SLOTS * 512:
             raise ValueError(f"a P2M of {p2m.nr_pages} entries does not fit in RO_MPT")
         self.p2m_table = p2m.alloc_xen(table_frames)
-        write = memory.write_u64
         for i, frame in enumerate(self.p2m_table):         # 512 entries per frame, in order
-            base = frame << 12
-            deque(map(write, range(base, base + 4096, 8), p2m.p2m[i * 512:(i + 1) * 512]),
-                  maxlen=0)
+            memory.load_frame(frame, p2m.p2m[i * 512:(i + 1) * 512])
         n_l1 = (table_frames + 511) // 512
         self.rompt_l1 = p2m.alloc_xen(n_l1)
         for i, mfn in enumerate(self.p2m_table):

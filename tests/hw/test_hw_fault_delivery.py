@@ -2,7 +2,7 @@
 `PageFault`, or handed back by `try_translate` as the complement of the error code, with the
 same walk, A/D updates, TLB effect and counters either way (SDM §4.7, §4.10.4.1: a #PF
 invalidates the faulting page's TLB entries). Also `PhysicalMemory.frame`, the read-only
-view of a frame's words.
+view of a frame's words, and `load_frame`, a whole frame written at once.
 """
 import pickle
 
@@ -64,4 +64,24 @@ def test_frame_reads_the_live_words_of_a_frame_and_none_while_untouched():
     mem.write_u32(0x500C, 0x8000_0000)
     assert mem.frame(0x5)[1] == (0x8000_0000 << 32) | 0xABC
     mem.zero_frame(0x5)
+    assert mem.frame(0x5) is None
+
+
+def test_load_frame_leaves_what_a_write_u64_per_word_leaves_and_notifies_watchers():
+    words = [(i * 0x1001) | (1 << 63 if i % 3 else 0) for i in range(300)]
+    by_word, loaded = PhysicalMemory(1 << 36), PhysicalMemory(1 << 36)
+    for i, w in enumerate(words):
+        by_word.write_u64((0x77 << 12) + 8 * i, w)
+    seen = []
+    loaded.watch[(0x77 << 6) + 63] = {lambda: seen.append("disarmed")}
+    loaded.load_frame(0x77, words)
+    assert loaded.frame_words(0x77) == by_word.frame_words(0x77)
+    assert loaded.frame_count() == 1 and seen == ["disarmed"]
+
+
+@pytest.mark.parametrize("words", [[0] * 513, [1 << 64], [-1]])
+def test_load_frame_refuses_too_many_words_or_values_beyond_64_bits(words):
+    mem = PhysicalMemory(1 << 36)
+    with pytest.raises(ValueError):
+        mem.load_frame(0x5, words)
     assert mem.frame(0x5) is None
