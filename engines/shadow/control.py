@@ -27,7 +27,7 @@ class ControlOps:
     def _read_pdptes(self, vcpu: int, cr3: int) -> tuple:
         base = cr3 & 0xFFFFFFE0
         gl3e = tuple(self._gread(base + 8 * i) for i in range(4))
-        rsvd = pdpte_reserved(self.M)
+        rsvd = pdpte_reserved(self.spec.maxphyaddr)
         for i, e in enumerate(gl3e):
             if e & F_P and e & rsvd:
                 raise GeneralProtection(f"vcpu {vcpu} load of cr3 {cr3:#x}: PDPTE {i} = "

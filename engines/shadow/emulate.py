@@ -71,7 +71,8 @@ class Emulation:
         by x86_emulate of the time, and an emulation failure unshadows. Without early
         unshadow, or when the frame is a top-level shadow in use (so cannot be unshadowed),
         every one of the 512 stores is trapped and emulated."""
-        src = self._bulk_src
+        vs = self.vs[vcpu]
+        src = vs.bulk_src
         if src is not None:
             zeros = src < 0
             if not own and (not zeros or self.opt["early_unshadow"]):
@@ -82,7 +83,7 @@ class Emulation:
                     return None
             self.charge(vcpu, "trap", 511)
             self.charge(vcpu, "sh_emulate", 512)
-            self._bulk_pending = gfn
+            vs.bulk_pending = gfn
             return maddr
         if not own and self._remove_shadows(vcpu, gfn, "bulk"):
             return None
@@ -103,7 +104,7 @@ class Emulation:
                  cont: bool):
         """sh_x86_emulate_write + sh_validate_guest_pt_write + early-unshadow detection."""
         vs = self.vs[vcpu]
-        self._cycles[vcpu] += self._c_emulate
+        self._cycles[vcpu] += self._hot_cost[SH_EMULATE]
         self._n[SH_EMULATE] += 1
         gfn = walk.gfn
         if size == 8:
@@ -129,7 +130,7 @@ class Emulation:
     def _store_u32(self, maddr: int, value: int) -> int:
         """`memory.write_u32(maddr, value)`, returning the whole 8-byte word that now holds
         the half (the entry to re-validate): one read of the frame, one 8-byte store."""
-        if maddr & 3 or maddr >= self._msize or not 0 <= value <= 0xFFFFFFFF:
+        if maddr & 3 or maddr >= self.memory.size or not 0 <= value <= 0xFFFFFFFF:
             self.memory.write_u32(maddr, value)         # refused there, with its message
         words = self._frame(maddr >> 12)
         old = 0 if words is None else words[(maddr & 0xFFF) >> 3]
@@ -140,16 +141,17 @@ class Emulation:
     def _bulk_write(self, vcpu: int, va: int, src_mfn: int | None) -> None:
         """clear_page/copy_page: 512 stores. Onto a shadowed page table each would trap and
         be emulated until early unshadow fires; without it, all 512 are emulated."""
-        self._bulk_src, self._bulk_pending = (-1 if src_mfn is None else src_mfn), None
+        vs = self.vs[vcpu]
+        vs.bulk_src, vs.bulk_pending = (-1 if src_mfn is None else src_mfn), None
         try:
             maddr = self.translate(vcpu, va & ~0xFFF, A_WRITE)
         finally:
-            self._bulk_src = None
+            vs.bulk_src = None
         if src_mfn is None:
             self.memory.zero_frame(maddr >> 12)
         else:
             self.memory.copy_frame(src_mfn, maddr >> 12)
-        gfn, self._bulk_pending = self._bulk_pending, None
+        gfn, vs.bulk_pending = vs.bulk_pending, None
         if gfn is not None:
             flush = False
             for idx in range(512):

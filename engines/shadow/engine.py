@@ -32,7 +32,9 @@ entries point at the shadows of the guest's L2s (slot 3's typed l2h, with Xen's 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from engines.api import ABI, BootInfo, CostTable, DomainSpec, Engine, EngineError, GuestPageFault
 from engines.hw import A_USER, A_WRITE, AddressError, GeneralProtection
@@ -69,49 +71,48 @@ class VcpuState:
     last_wr_smfn: int = -1                 # last_writeable_pte_smfn
     half: int | None = None                # va of a half PTE write just emulated
     oos: list = field(default_factory=list)
+    set_bits: Callable | None = None       # the guest walk's A/D setter (set_ad_bits)
+    bulk_src: int | None = None            # clear_page (-1) or copy_page source mfn, while
+    bulk_pending: int | None = None        # ... its store is trapped; gfn to re-validate
 
 
 class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, WriteAccess,
                    ShadowOps, Engine):
     name = "shadow"
     abi = ABI.TRANSLATED
+    mode = PAE
     COST_EVENTS = Engine.COST_EVENTS + (
         "trap", "pf_bounce", "pf_delivery", "tlb_flush", "cr_write", "sh_fill", "sh_emulate",
         "sh_cr3", "sh_invlpg", "sh_unshadow", "sh_resync", "sh_wrmap_probe", "sh_wrmap_scan",
         "sh_prefetch_entry", "sh_guest_walk_ref")
 
+    # At most 29 instance attributes (with Engine's): CPython 3.11 specialises `self.x` and
+    # `self.m()` only while an instance's attributes fit its class's shared keys (30 slots);
+    # beyond that every method call on the engine takes the generic lookup. Per-VCPU state
+    # goes in VcpuState, costs in `_hot_cost` (tests/shadow/test_engine_shape.py checks).
     def __init__(self, spec: DomainSpec, costs: CostTable):
         self.opt = resolve_options(spec)
         self._init_accounting(dict(costs.cycles))
         super().__init__(spec, costs, (spec.machine_memory_mib or 8192) * MIB)
-        self.mode = PAE
-        self.M = spec.maxphyaddr
-        self._amask = self.mode.frame_mask(self.M)
-        self._plans = (PAE.plan(self.M, False), PAE.plan(self.M, True))    # by EFER.NXE
-        self._walkers = tuple(p.walk_frames for p in self._plans)
-        self._rsvd = tuple((p.reserved[1], p.reserved[2], p.large_reserved) for p in self._plans)
-        c = self._cost
-        self._c_trap, self._c_gwref, self._c_fill = c["trap"], c["sh_guest_walk_ref"], c["sh_fill"]
-        self._c_bounce = c["pf_bounce"] + c["pf_delivery"]
-        self._c_emulate = c["sh_emulate"]
-        self._gset_bits_fn = self._gset_bits
+        self._amask = self.mode.frame_mask(spec.maxphyaddr)
+        plans = (PAE.plan(spec.maxphyaddr, False), PAE.plan(spec.maxphyaddr, True))  # by NXE
+        self._walkers = tuple(p.walk_frames for p in plans)
+        self._rsvd = tuple((p.reserved[1], p.reserved[2], p.large_reserved) for p in plans)
         self.nr_pages = spec.memory_mib * 256
         pool_pages = self.opt["pool_pages"]
         xen_frames = (pool_pages + spec.vcpus + 4 + 16 + 8
                       + (self.nr_pages * 8 + 4095) // 4096)
         self.p2m = P2M(self.memory, self.nr_pages, xen_frames, spec.seed)
         self.xen = XenArea(self.memory, self.p2m)
-        self._p2m, self._mread, self._frame = self.p2m.p2m, self.memory.read_u64, self.memory.frame
-        self._msize = self.memory.size
-        self._gread_fn = self._make_gread()
+        self._p2m, self._frame = self.p2m.p2m, self.memory.frame
         self.pool = ShadowPool(self.p2m.alloc_xen(pool_pages))
         self.mapcount: dict[int, int] = {}
         self.wrmaps: dict[int, set] = {}
         self.oos_pages: dict = {}
         self.unpaged = [ShadowPage(mfn, "l2u", slot, ("unpaged", slot))
                         for slot, mfn in enumerate(self.p2m.alloc_xen(4))]
-        self.vs = [VcpuState(mfn) for mfn in self.p2m.alloc_xen(spec.vcpus)]
-        self._bulk_src = self._bulk_pending = None
+        self.vs = [VcpuState(mfn, set_bits=partial(self._gset_bits, v))
+                   for v, mfn in enumerate(self.p2m.alloc_xen(spec.vcpus))]
         for v, cpu in enumerate(self.cpus):
             cpu.flush_filter = False        # Xen sets HWCR.FFDIS (costs.md §1)
             cpu.cr0_wp = True
@@ -143,8 +144,8 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
             maddr = self._sh_page_fault(vcpu, va, access)
             if maddr is None:
                 maddr = self._retry(vcpu, va, access, None, 8, "read at")
-        if maddr & 7 or maddr >= self._msize:
-            return self._mread(maddr)                   # refused there, with its message
+        if maddr & 7 or maddr >= self.memory.size:
+            return self.memory.read_u64(maddr)          # refused there, with its message
         words = self._frame(maddr >> 12)
         return 0 if words is None else words[(maddr & 0xFFF) >> 3]
 
@@ -216,25 +217,24 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         vs = self.vs[vcpu]
         vs.up = True
         cont = size == 4 and vs.half == va ^ 4      # second half caught in the same trap
-        n, cycles = self._n, self._cycles
+        n, cycles, cost = self._n, self._cycles, self._hot_cost
         if not cont:
-            cycles[vcpu] += self._c_trap
+            cycles[vcpu] += cost[TRAP]
             n[TRAP] += 1
         if vs.pg:                                   # the guest walk (guest_walk_tables)
-            self._walk_vcpu = vcpu
-            walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._frame,
-                                         self._gset_bits_fn, vs.wp, self._p2m)
+            walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._frame, vs.set_bits,
+                                         vs.wp, self._p2m)
         else:
             walk = self._unpaged_walk(va, access)
         _va, _acc, _entries, _gpas, _level, pfec, gfn, writable, _user, _nx, refs = walk
         if refs:
-            cycles[vcpu] += self._c_gwref * refs
+            cycles[vcpu] += cost[WALK_REF] * refs
             n[WALK_REF] += refs
         elif vs.pg:
             self.charge(vcpu, "sh_guest_walk_ref", 0)
         if pfec is not None:
             vs.last_unshadow = vs.half = None
-            cycles[vcpu] += self._c_bounce              # pf_bounce + pf_delivery
+            cycles[vcpu] += cost[PF_BOUNCE] + cost[PF_DELIVERY]
             n[PF_BOUNCE] += 1
             n[PF_DELIVERY] += 1
             raise GuestPageFault(va, pfec)
@@ -258,7 +258,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                 return self._plain_write(vcpu, maddr, value, size)
         vs.last_unshadow = vs.half = None
         self._fill(vcpu, va, walk)
-        cycles[vcpu] += self._c_fill
+        cycles[vcpu] += cost[SH_FILL]
         n[SH_FILL] += 1
         return None
 
@@ -272,28 +272,20 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         return GuestWalk(va, access, (F_P, pde), (None, None), 2, None, gfn, True, True)
 
     def _gread(self, gpa: int) -> int:
-        return self._gread_fn(gpa)
+        """A guest page-table entry by guest-physical address: P2M, then machine memory."""
+        gfn = gpa >> 12
+        if gfn >= self.nr_pages:
+            raise AddressError(f"guest page-table entry at guest-physical {gpa:#x} is "
+                               f"outside the domain's {self.nr_pages:#x} pages")
+        return self.memory.read_u64((self._p2m[gfn] << 12) | (gpa & 0xFFF))
 
-    def _make_gread(self):
-        """The guest walk's entry read: guest-physical -> P2M -> machine (a closure over the
-        P2M list and memory's read, which the walk calls for every entry)."""
-        nr_pages, p2m, mread = self.nr_pages, self._p2m, self._mread
-
-        def gread(gpa: int) -> int:
-            gfn = gpa >> 12
-            if gfn >= nr_pages:
-                raise AddressError(f"guest page-table entry at guest-physical {gpa:#x} is "
-                                   f"outside the domain's {nr_pages:#x} pages")
-            return mread((p2m[gfn] << 12) | (gpa & 0xFFF))
-        return gread
-
-    def _gset_bits(self, gpa: int, bits: int) -> None:
-        """set_ad_bits: Xen writes guest A/D itself, then re-propagates that entry."""
+    def _gset_bits(self, vcpu: int, gpa: int, bits: int) -> None:
+        """set_ad_bits (VcpuState.set_bits binds `vcpu`): Xen writes guest A/D itself, then
+        re-propagates that entry."""
         gfn = gpa >> 12
         self.memory.set_bits_u64((self.p2m.p2m[gfn] << 12) | (gpa & 0xFFF), bits)
-        if gfn in self.pool.by_gfn and self._validate_gpte(self._walk_vcpu, gfn,
-                                                           (gpa & 0xFFF) >> 3):
-            self._flush_all(self._walk_vcpu)
+        if gfn in self.pool.by_gfn and self._validate_gpte(vcpu, gfn, (gpa & 0xFFF) >> 3):
+            self._flush_all(vcpu)
 
     def _fill(self, vcpu: int, va: int, walk: GuestWalk):
         """shadow_get_and_create_l1e + l1e_propagate_from_guest (+ prefetch). Returns the
@@ -309,7 +301,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         i2 = (va >> 21) & 511
         flush = self._set_sl2e(top, i2, self._sl2e_from_guest(walk.entries[1], vs.nxe, vcpu,
                                                               True))
-        sl2e = self._mread((top.smfn << 12) | (i2 << 3))
+        sl2e = self.memory.read_u64((top.smfn << 12) | (i2 << 3))
         sp = pool.by_smfn.get((sl2e & self._amask) >> 12) if sl2e & F_P else None
         idx = (va >> 12) & 511
         if sp is not None:

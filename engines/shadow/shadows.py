@@ -91,7 +91,7 @@ class ShadowOps:
         if gl2e & self._rsvd[nxe][2 if large else 1]:
             return 0
         if large:
-            base = self.mode.leaf_gfn(gl2e, 2, 0, self.M)
+            base = self.mode.leaf_gfn(gl2e, 2, 0, self.spec.maxphyaddr)
             child = self._get_fl1(vcpu, base, bool(gl2e & F_D), create)
         else:
             gfn = (gl2e & self._amask) >> 12
