@@ -9,6 +9,7 @@ removals and how they were found, flushes, shadow pages at peak. Not a test: it 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from tabulate import tabulate
@@ -69,9 +70,14 @@ def main(argv: list[str] | None = None) -> None:
             cpu[engine].append(boot(BootCell(engine, o, profile=args.profile,
                                              vcpus=args.vcpus))[0])
     nat, sh = min(cpu["native"]), min(cpu["shadow"])
+    # each native boot runs just before a shadow boot: the ratio within a pair cancels the
+    # VM's slow swings in speed, which the two minima (often from different minutes) do not
+    pairs = sorted(s / n for n, s in zip(cpu["native"], cpu["shadow"]))
     print(f"{args.profile}, {args.vcpus} VCPUs, shadow options {dict(opts) or 'default'}")
     print(f"CPU seconds per boot (best of {args.repeat}): native {nat:.2f} s, shadow "
           f"{sh:.2f} s ({sh / nat:.2f}x; target <= 2x)")
+    print(f"back-to-back pairs: shadow/native median {statistics.median(pairs):.2f}x "
+          f"(range {pairs[0]:.2f}-{pairs[-1]:.2f}x)")
     for (engine, table), (_, r) in results.items():
         if r["status"] != "ok":
             print(f"  {engine} on {table}: {r['status']} {r['reason']}")
