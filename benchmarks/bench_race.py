@@ -199,7 +199,7 @@ def main() -> None:
                   f"{t_pool / t_ray:.0%} of it"]]
     rows += [
         ["Ray's own CPU per boot (median)",
-         f"{own_cpu * 1000:.1f} ms = {own_cpu / boot_cpu:.1%} of a boot's CPU  (target < 5%)"],
+         f"{own_cpu * 1000:.1f} ms = {own_cpu / boot_wall:.1%} of a boot's wall  (target < 5%)"],
         ["  = all processes of the Ray run, less the harness",
          f"{ray_cpu * 1000:.1f} ms - {harness_cpu * 1000:.1f} ms (the serial race's CPU "
          f"outside the boots: journal, progress)"],
