@@ -38,12 +38,15 @@ __all__ = ["BootCell", "ENGINES", "HOLD_CYCLES", "engine_class", "list_cost_tabl
            "list_profiles", "run_boot"]
 
 # milestones reached within this many simulated cycles of the first one not yet yielded go
-# out together: 5 ms of the guest's time at 2.4 GHz, about 0.2 s of wall time at the engines'
-# simulation speed here (55-80 M simulated cycles per second), under the live display's redraw
-# period (0.25 s, race/progress.py), so holding costs the display nothing it could show. A
-# `tiny` boot then sends 2 messages instead of 3; sarge's milestones are 10-200 M cycles apart
-# after init_exec, so they still travel one by one.
-HOLD_CYCLES = 12_000_000
+# out together: 10 ms of the guest's time at 2.4 GHz, about a quarter second of wall time at
+# the engines' simulation speed here (80-105 M simulated cycles per second for native, PV and
+# shadow; 270 M on the VT-x cost table, whose traps cost more cycles), about one redraw of the
+# live display (0.25 s, race/progress.py), so holding costs the display little it could
+# show. Each message through Ray costs 1.5-2 ms of CPU over Ray's processes (measured,
+# benchmarks/bench_race.py): a `tiny` boot (multiuser at 13-22 M cycles) now sends one
+# message, all its events with the result, where 12 M cycles gave two. sarge's milestones are 10-200 M cycles
+# apart after init_exec, so they still travel one by one.
+HOLD_CYCLES = 24_000_000
 
 # engine name -> (module, class); an engine joins the race the day its module lands
 _ENGINE_CLASSES = {"native": ("engines.native", "NativeEngine"),

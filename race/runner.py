@@ -39,14 +39,31 @@ SHIPPED_PACKAGES = ("engines", "guestkit", "milestones", "race")
 # *are* the race, and at 15 a machine shared with anything else runs the boots many times
 # slower than the serial executor (measured: 17.8 min for the default race under load).
 WORKER_NICENESS = 0
-# Ray's own telemetry, which nothing reads in local mode (no dashboard, worker logs not sent
-# to the driver): its reporters run on timers in every Ray process. Measured idle here, Ray's
-# processes cost 77 ms of CPU per second with the defaults and 55 ms without the metrics and
-# task-event reports (every 10 minutes instead) and the log monitor (killed once started, as
-# nothing subscribes to it): about 1% of this 2-core machine, from the boots' share.
+# Ray's own housekeeping, sized for clusters and dashboards that a local race does not have;
+# each runs on a timer in some Ray process, and its CPU comes out of the boots' share of this
+# 2-core machine. Measured idle here (benchmarks/bench_race.py --idle, ms of CPU per second
+# over all of Ray's processes): 61 with Ray's defaults, 55 without the metrics and task-event
+# reports (every 10 minutes instead) and the log monitor (killed once started: log_to_driver
+# is off), and 42 also without the rest below:
+# - the raylet's checks for a big object store and a multi-node cluster: disk space for
+#   spilling (100 ms), object store pressure for a global GC (100 ms), resource and backlog
+#   reports for the autoscaler (100 ms, 1 s), idle-worker trimming (200 ms): every 10 s;
+#   its memory monitor (the OOM killer's eyes) every second instead of every 250 ms;
+# - the dashboard agent's node-stats reporter and metrics recorder (every 5 s: a psutil scan
+#   of every Ray process), every 10 minutes;
+# - the dashboard head, which here serves only usage statistics (switched off), and the
+#   autoscaler's monitor, which has no cluster to scale: killed once started.
 LOCAL_SYSTEM_CONFIG = {"worker_niceness": WORKER_NICENESS,
                        "metrics_report_interval_ms": 600_000,
-                       "task_events_report_interval_ms": 600_000}
+                       "task_events_report_interval_ms": 600_000,
+                       "local_fs_monitor_interval_ms": 10_000,
+                       "raylet_check_gc_period_milliseconds": 10_000,
+                       "raylet_report_resources_period_milliseconds": 10_000,
+                       "report_worker_backlog_interval_ms": 10_000,
+                       "kill_idle_workers_interval_ms": 10_000,
+                       "memory_monitor_refresh_ms": 1_000}
+LOCAL_ENV = {"REPORTER_UPDATE_INTERVAL_MS": "600000", "METRICS_RECORD_INTERVAL_S": "600"}
+LOCAL_KILLED = ("log_monitor", "dashboard", "monitor")
 
 
 def drive(run_boot: Callable, cell: Any, node: str = "local") -> Iterator[dict]:
@@ -96,6 +113,14 @@ def broken_result(key: str, reason: str, stamps: list | None = None) -> dict:
     return {"type": "result", "cell": key, "status": "broken", "reason": reason,
             "milestones": list(stamps or []), "cycles": None, "counters": {},
             "cycle_breakdown": {}, "gauges": {}}
+
+
+def lost_reason(err: BaseException) -> str:
+    """A lost boot's reason: the error's type and the first line of what it says (for a
+    RayTaskError, of its cause: a worker that died, a module a worker could not import)."""
+    cause = getattr(err, "cause", None) or err
+    first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), "")
+    return f"lost: {type(err).__name__} (retries exhausted)" + (f": {first[:200]}" if first else "")
 
 
 def _describe(e: BaseException) -> str:
@@ -203,8 +228,8 @@ class RayExecutor:
 
     def _start_local(self, ray) -> None:
         """Embedded Ray: 127.0.0.1 only, no dashboard, quiet, small object store, its own
-        temp dir, workers at the driver's priority, no telemetry that nobody reads
-        (LOCAL_SYSTEM_CONFIG, the log monitor); token auth on with a per-run token unless
+        temp dir, workers at the driver's priority, no housekeeping that a local race does
+        not need (LOCAL_SYSTEM_CONFIG, LOCAL_ENV, LOCAL_KILLED); token auth on with a per-run token unless
         RAY_AUTH_MODE says otherwise, so ~/.ray/auth_token is not created and a later
         `ray start` is not switched to token mode behind the user's back (reference/ray.md,
         pitfall 1)."""
@@ -216,15 +241,19 @@ class RayExecutor:
             self._setenv("RAY_AUTH_TOKEN_PATH", str(token))
             self._setenv("RAY_AUTH_MODE", "token")
             _refresh_auth_config()
+        for key, value in LOCAL_ENV.items():       # read by the processes Ray starts
+            if key not in os.environ:
+                self._setenv(key, value)
         ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count(),
                  include_dashboard=False, log_to_driver=False,
                  object_store_memory=OBJECT_STORE_BYTES, _temp_dir=self.tmp,
                  logging_level=logging.WARNING, _system_config=LOCAL_SYSTEM_CONFIG)
         node = getattr(ray._private.worker, "_global_node", None)   # private: best effort
-        try:
-            node.kill_log_monitor(check_alive=False)
-        except Exception:  # noqa: BLE001 -- an API change costs 12 ms/s of CPU, not the race
-            pass
+        for name in LOCAL_KILLED:
+            try:
+                getattr(node, f"kill_{name}")(check_alive=False)
+            except Exception:  # noqa: BLE001 -- an API change costs a few ms/s, not the race
+                pass
 
     def shape(self) -> dict:
         import ray
@@ -338,8 +367,8 @@ def run_race(race, executor, store: ResultStore, progress, run_boot: Callable) -
                 progress.tick()
             elif kind == "lost":
                 cell, err = payload
-                rec = make_record(cell, race.labels[cell.key()], broken_result(
-                    cell.key(), f"lost: {type(err).__name__} (retries exhausted)"))
+                rec = make_record(cell, race.labels[cell.key()],
+                                  broken_result(cell.key(), lost_reason(err)))
                 store.append(rec, {"cell": cell.key(), "lost": True})
                 progress.finished(rec, {"lost": True})
             elif payload["type"] == "start":
