@@ -41,11 +41,10 @@ def spec_text(boots: int, profile: str) -> str:
             f"memory_mib: {64 if profile == 'tiny' else 512}}}\nengines: [native]\n")
 
 
-# a sleeping boot's event pattern, after a real `tiny` boot's (race/boot.py bursts):
+# a sleeping boot's event pattern, after a real `tiny` boot's (race/boot.py HOLD_CYCLES):
 # (wall seconds before the burst, milestones in it); the last burst carries the result
-SLEEPING_BURSTS = ((0.15, ("kernel_entry", "paging_on", "direct_map", "smp_online",
-                           "init_exec", "single_user")),
-                   (0.11, ("multiuser",)))
+SLEEPING_BURSTS = ((0.22, ("kernel_entry", "paging_on", "direct_map", "smp_online",
+                           "init_exec", "single_user", "multiuser")),)
 
 
 def sleeping_boot(cell):
@@ -183,7 +182,7 @@ def main() -> None:
     round_trip = statistics.median(a for a, _ in alone)
     harness_one = statistics.median(s for _, s in alone)
     rows = [
-        ["boots", f"{n} x {'sleeping (260 ms in 2 bursts)' if args.sleeping else args.profile} on "
+        ["boots", f"{n} x {'sleeping (220 ms, 1 message)' if args.sleeping else args.profile} on "
                   f"native; best of {args.repeat} runs each"],
         ["median boot (serial, in-process)", f"{boot_wall * 1000:.0f} ms wall, "
                                               f"{boot_cpu * 1000:.0f} ms CPU"],
