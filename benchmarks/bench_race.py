@@ -68,7 +68,12 @@ def timed_race(executor, race, catalog, out: str) -> tuple[float, list[dict]]:
     t0 = time.perf_counter()
     run_race(race, executor, store, NoProgress(), catalog.run_boot)
     elapsed = time.perf_counter() - t0
-    return elapsed, [t for t in load_results(store.dir).timings if "wall_s" in t]
+    res = load_results(store.dir)
+    broken = [r for r in res.records if r["status"] == "broken"]
+    if broken:              # a figure over lost boots would mean nothing: say why, stop
+        raise SystemExit(f"bench_race: {len(broken)} of {len(res.records)} boots broke "
+                         f"on the {executor.name} executor, e.g. {broken[0]['reason']}")
+    return elapsed, [t for t in res.timings if "wall_s" in t]
 
 
 def process_cpu(root: int) -> dict[int, tuple[str, float]]:
