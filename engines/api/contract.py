@@ -45,12 +45,17 @@ class EngineError(Exception):
 
 
 class GuestPageFault(EngineError):
-    """A page fault reflected to the guest kernel's handler (CR2 + error code)."""
+    """A page fault reflected to the guest kernel's handler (CR2 + error code):
+    `GuestPageFault(va, error_code)`. The values live in `args` only (no Python-level
+    `__init__`, as engines.hw's PageFault: a boot reflects tens of thousands of them)."""
 
-    def __init__(self, va: int, error_code: int):
-        super().__init__(va, error_code)
-        self.va = va
-        self.error_code = error_code
+    @property
+    def va(self) -> int:
+        return self.args[0]
+
+    @property
+    def error_code(self) -> int:
+        return self.args[1]
 
     def __str__(self) -> str:
         return f"guest #PF at va {self.va:#010x}, error code {self.error_code:#x}"
