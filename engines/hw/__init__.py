@@ -8,7 +8,7 @@ from .arch import (A_FETCH, A_USER, A_WRITE, ENTRIES_PER_TABLE, LARGE_PAGE_SIZE,
                    PAGE_SHIFT, PAGE_SIZE, PAT, PDPT_ENTRIES, PFEC, Access, AddressError,
                    GeneralProtection, HwError, Maddr, Mfn, PageFault, PageFlag, Paddr, Pfn, Va,
                    addr_mask, l1_index, l2_index, l3_index, maddr_to_mfn, mfn_to_maddr,
-                   pde_pte_reserved, pdpte_reserved, LARGE_PDE_EXTRA_RESERVED)
+                   pde_pte_reserved, pdpte_reserved, LARGE_PDE_EXTRA_RESERVED, U64_MASK)
 from .cpu import CPU, CPUCounters, TLBConfig, TLBEntry
 from .memory import PhysicalMemory
 
@@ -17,6 +17,6 @@ __all__ = [
     "PAGE_SHIFT", "PAGE_SIZE", "PAT", "PDPT_ENTRIES", "PFEC", "Access", "AddressError",
     "GeneralProtection", "HwError", "Maddr", "Mfn", "PageFault", "PageFlag", "Paddr", "Pfn",
     "Va", "addr_mask", "l1_index", "l2_index", "l3_index", "maddr_to_mfn", "mfn_to_maddr",
-    "pde_pte_reserved", "pdpte_reserved", "LARGE_PDE_EXTRA_RESERVED",
+    "pde_pte_reserved", "pdpte_reserved", "LARGE_PDE_EXTRA_RESERVED", "U64_MASK",
     "CPU", "CPUCounters", "TLBConfig", "TLBEntry", "PhysicalMemory",
 ]

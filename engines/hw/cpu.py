@@ -52,7 +52,7 @@ from dataclasses import fields
 from itertools import compress
 from operator import itemgetter
 
-from .arch import (A_FETCH, A_USER, A_WRITE, F_A, F_D, F_G, F_PS, F_RW, F_US, F_XD,
+from .arch import (A_FETCH, A_USER, A_WRITE, F_A, F_D, F_G, F_PS, F_XD,
                    LARGE_PAGE_SIZE, PAGE_SIZE, GeneralProtection, PageFault,
                    LARGE_PDE_EXTRA_RESERVED, addr_mask, pde_pte_reserved, pdpte_reserved)
 from .memory import PhysicalMemory
@@ -109,7 +109,8 @@ class CPU:
     __slots__ = ("memory", "maxphyaddr", "tlb_config", "_frames", "_memsize", "_amask",
                  "_rsvd", "_rsvd_large", "_pdpte_rsvd", "_wp", "_pg", "_pge", "_nxe", "_ok",
                  "_cr3", "_pdptes", "_t4", "_t2", "_filter", "_armed", "_root", "_roots",
-                 "_fifo4", "_fifo2", "_watched", "_disarm_cb", "_cap4", "_cap2") + _COUNTER_SLOTS
+                 "_fifo4", "_fifo2", "_watched", "_disarm_cb", "_cap4", "_cap2",
+                 "_gmay") + _COUNTER_SLOTS
 
     def __init__(self, memory: PhysicalMemory, *, maxphyaddr: int = 36,
                  tlb: TLBConfig = TLBConfig(), flush_filter: bool = False):
@@ -131,6 +132,7 @@ class CPU:
         self._pdptes = (0, 0, 0, 0)
         self._t4: dict[int, tuple] = {}
         self._t2: dict[int, tuple] = {}
+        self._gmay = False           # a global entry may be cached (none since the last clear)
         self._filter = False
         self._armed = True
         self._root = 0
@@ -270,6 +272,11 @@ class CPU:
 
     # -- invalidation -----------------------------------------------------------------------
     def _flush(self, include_global: bool) -> None:
+        if not self._filter and (include_global or not self._gmay):
+            self._t4.clear()                  # (no global entry to keep: nothing to scan)
+            self._t2.clear()
+            self._gmay = False
+            return
         for table in self._tables():
             if include_global:
                 table.clear()
@@ -419,11 +426,15 @@ class CPU:
             return self._fault(vaddr, access, 0)
         pde_pa = (pdpte & self._amask) | ((vaddr >> 18) & 0xFF8)
         self.pde_reads += 1
-        # entry reads inlined: the miss path is the second-hottest code of the project
-        if pde_pa >= self._memsize:
-            self.memory._check(pde_pa, 8)
+        # entry reads inlined: the miss path is the second-hottest code of the project (no
+        # frame lies beyond memory, so only an untouched one needs the range check)
         frame = self._frames.get(pde_pa >> 12)
-        pde = 0 if frame is None else frame[(pde_pa & 0xFFF) >> 3]
+        if frame is not None:
+            pde = frame[(pde_pa & 0xFFF) >> 3]
+        else:
+            if pde_pa >= self._memsize:
+                self.memory._check(pde_pa, 8)
+            pde = 0
         if not pde & 1:
             return self._fault(vaddr, access, 0)
         if pde & F_PS:
@@ -437,10 +448,13 @@ class CPU:
             self.ad_writes += 1
         pte_pa = (pde & self._amask) | ((vaddr >> 9) & 0xFF8)
         self.pte_reads += 1
-        if pte_pa >= self._memsize:
-            self.memory._check(pte_pa, 8)
         frame = self._frames.get(pte_pa >> 12)
-        pte = 0 if frame is None else frame[(pte_pa & 0xFFF) >> 3]
+        if frame is not None:
+            pte = frame[(pte_pa & 0xFFF) >> 3]
+        else:
+            if pte_pa >= self._memsize:
+                self.memory._check(pte_pa, 8)
+            pte = 0
         if not pte & 1:
             return self._fault(vaddr, access, 0)
         if pte & self._rsvd:
@@ -451,13 +465,22 @@ class CPU:
               pde_pa: int) -> int:
         """Check rights on a complete walk, set A/D in the leaf, cache the translation.
         `pde_pa` is -1 when the leaf is a PS=1 PDE."""
-        rights = (leaf & pde & (F_RW | F_US)) >> 1
-        if self._nxe and (leaf | pde) & F_XD:
+        rights = (leaf & 6 & pde) >> 1            # R/W | U/S (6) of both, without a big int
+        if self._nxe and (leaf >= F_XD or pde >= F_XD):   # bit 63: compares allocate nothing
             rights |= 4
         if ((access & A_USER and not rights & 2)
                 or (access & A_WRITE and not rights & 1 and (access & A_USER or self._wp))
                 or (access & A_FETCH and rights & 4)):
-            return self._fault(vaddr, access, 0x1)
+            if self._filter:
+                return self._fault(vaddr, access, 0x1)
+            # _fault(vaddr, access, 0x1) inlined: a hypervisor write-protecting page tables
+            # takes one of these per trapped store
+            self.faults_protection += 1
+            self._t4.pop(vaddr >> 12, None)
+            self._t2.pop(vaddr >> 21, None)
+            if access & A_FETCH and self._nxe:
+                return -18 - (access & (A_WRITE | A_USER))     # ~(P | I/D | W/U)
+            return -2 - (access & (A_WRITE | A_USER))          # ~(P | W/U)
         if access & A_WRITE:
             rights |= 8
             if leaf & 0x60 != 0x60:
@@ -476,18 +499,20 @@ class CPU:
             self._watch(leaf_pa)
             if pde_pa >= 0:
                 self._watch(pde_pa)
+        if self._pge and leaf & F_G:
+            glob = self._gmay = True
+        else:
+            glob = False
         if pde_pa < 0:
             base = leaf & self._amask & ~(LARGE_PAGE_SIZE - 1)
             self.tlb_misses_2m += 1
             self._insert(True, vaddr >> 21,
-                         self._ok[rights] + (base ^ (vaddr & 0xFFE00000),
-                                             self._pge and bool(leaf & F_G), rights))
+                         self._ok[rights] + (base ^ (vaddr & 0xFFE00000), glob, rights))
             return base | (vaddr & (LARGE_PAGE_SIZE - 1))
         base = leaf & self._amask
         self.tlb_misses_4k += 1
         # (one tuple concatenation: the ok items, then delta, G, rights; vaddr is 32-bit)
-        entry = self._ok[rights] + (base ^ (vaddr & 0xFFFFF000), self._pge and bool(leaf & F_G),
-                                    rights)
+        entry = self._ok[rights] + (base ^ (vaddr & 0xFFFFF000), glob, rights)
         if self._filter:
             self._insert(False, vaddr >> 12, entry)
         else:                                        # _insert's common case, inlined

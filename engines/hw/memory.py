@@ -6,8 +6,10 @@ exist, plus whole frames (zero, copy, load): that is all a page-table walker, a 
 and the guest model need. Errors name the offending address in hex (in the manner of
 rust-vmm's vm-memory).
 
-Fast reads: `frame(mfn)` hands out a frame's live word list (None while untouched), for
-callers that read entries by frame and index without a call per word; it is for reading only.
+Fast access: `frame(mfn)` hands out a frame's live word list (None while untouched), for
+callers that read entries by frame and index without a call per word. A caller may also
+store into a list it got this way, but only what `write_u64` would then do itself: an
+in-range 64-bit value, while `watch` is empty (the shadow engine's plain guest stores do).
 
 Write watching: the K8 TLB flush filter (engines.hw.cpu) must notice software writes to
 page-table memory. CPUs register 64-byte lines here; a write to a registered line calls the
@@ -35,9 +37,10 @@ class PhysicalMemory:
         self.watch: dict[int, set] = {}
         # frame(mfn): the live 512-word list of a materialised frame, None if untouched (all
         # zeros). The frames dict's own `get`, so a read costs no Python call: for a walker or
-        # hypervisor reading entries by (mfn, index). Read-only: writes go through write_u64
-        # and the other writers, which materialise frames and notify watchers (zero_frame,
-        # copy_frame and load_frame replace the list: fetch it again after them).
+        # hypervisor reading entries by (mfn, index). Stores into it only as the module
+        # docstring allows; other writes go through write_u64 and the other writers, which
+        # materialise frames and notify watchers (zero_frame, copy_frame and load_frame
+        # replace the list: fetch it again after them).
         self.frame = self._frames.get
 
     # -- checked accessors ------------------------------------------------------------------
@@ -110,7 +113,8 @@ class PhysicalMemory:
 
     def zero_frame(self, mfn: int) -> None:
         """Clear a whole frame (clear_page); the frame dematerialises."""
-        self._check(mfn << PAGE_SHIFT, PAGE_SIZE)
+        if not 0 <= mfn << PAGE_SHIFT < self.size:
+            self._check(mfn << PAGE_SHIFT, PAGE_SIZE)
         self._frames.pop(mfn, None)
         if self.watch:
             for line in range(mfn << 6, (mfn + 1) << 6):
@@ -134,7 +138,8 @@ class PhysicalMemory:
 
     def copy_frame(self, src_mfn: int, dst_mfn: int) -> None:
         """Copy a whole frame (copy_page)."""
-        self._check(src_mfn << PAGE_SHIFT, PAGE_SIZE)
+        if not 0 <= src_mfn << PAGE_SHIFT < self.size:
+            self._check(src_mfn << PAGE_SHIFT, PAGE_SIZE)
         self.zero_frame(dst_mfn)
         frame = self._frames.get(src_mfn)
         if frame is not None:
