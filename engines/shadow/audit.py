@@ -60,6 +60,7 @@ class ShadowAudit:
     def _audit_l1(self, sp, nxes, mapcount, wrmaps, bad) -> None:
         guest = self.memory.frame_words(self._p2m[sp.gfn]) if sp.type == SH_L1 else None
         m2p, amask = self.p2m.m2p, self._amask
+        nxe0 = next(iter(nxes))
         for idx, e in self._nonzero(sp.smfn):
             mfn = (e & amask) >> 12
             gfn = m2p.get(mfn)
@@ -73,8 +74,13 @@ class ShadowAudit:
                     bad.append(f"{sp!r} entry {idx} maps page-table gfn {gfn:#x} writable")
             if sp.oos:
                 continue
+            # (the first candidate alone usually matches: the set only when it does not)
+            w = (self._fl1e(sp, idx) if guest is None
+                 else self._sl1e_from_guest(guest[idx], nxe0, sp, idx))
+            if e == w or e | F_RW == w:
+                continue
             if guest is None:
-                want = {self._fl1e(sp, idx)}
+                want = {w}
             else:
                 want = {self._sl1e_from_guest(guest[idx], nxe, sp, idx) for nxe in nxes}
             if e not in want and e | F_RW not in want:    # left read-only by an old promotion

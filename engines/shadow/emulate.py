@@ -26,8 +26,8 @@ from __future__ import annotations
 from engines.hw import A_USER, A_WRITE
 
 from .accounting import SH_EMULATE
-from .modes import GuestWalk
-from .pool import SH_L2H
+from .modes import F_P
+from .pool import SH_L1, SH_L2H
 
 _DONE = object()          # the fault path finished the access itself (emulated)
 _RETRY = object()         # the shadow is ready: retry the access on the hardware
@@ -54,7 +54,7 @@ class Emulation:
                 if self._remove_shadows(vcpu, gfn, "user_write"):
                     return None if walk.writable else self._plain_write(vcpu, maddr, value,
                                                                         size)
-                return self._emulate(vcpu, walk, value, size, maddr, cont)
+                return self._emulate(vcpu, va, gfn, value, size, maddr, cont)
         # a supervisor write, or a user write to a page table that maps itself
         if walk.writable and self.opt["oos"] and self._oos_candidate(gfn) is not None:
             sp, idx = self._fill(vcpu, va, walk)
@@ -63,7 +63,7 @@ class Emulation:
                 self._unsync(vcpu, gfn, sl1, sp, idx)
                 self.charge(vcpu, "sh_fill")
                 return _RETRY
-        return self._emulate(vcpu, walk, value, size, maddr, cont)
+        return self._emulate(vcpu, va, gfn, value, size, maddr, cont)
 
     def _pt_bulk(self, vcpu: int, gfn: int, maddr: int, own: bool):
         """A whole-page store onto a shadowed page table. clear_page's zeros: two trapped,
@@ -100,21 +100,40 @@ class Emulation:
         self.charge(vcpu, "sh_emulate")
         return _DONE
 
-    def _emulate(self, vcpu: int, walk: GuestWalk, value: int, size: int, maddr: int,
+    def _emulate(self, vcpu: int, va: int, gfn: int, value: int, size: int, maddr: int,
                  cont: bool):
-        """sh_x86_emulate_write + sh_validate_guest_pt_write + early-unshadow detection."""
+        """sh_x86_emulate_write + sh_validate_guest_pt_write + early-unshadow detection, for
+        the write at `va` the guest walk mapped to `gfn` (machine address `maddr`)."""
         vs = self.vs[vcpu]
         self._cycles[vcpu] += self._hot_cost[SH_EMULATE]
         self._n[SH_EMULATE] += 1
-        gfn = walk.gfn
+        i = (maddr & 0xFFF) >> 3
         if size == 8:
             self.memory.write_u64(maddr, value)
             word = value
         else:
-            word = self._store_u32(maddr, value)
-        if self._validate_gpte(vcpu, gfn, (maddr & 0xFFF) >> 3, word):
+            # memory.write_u32 inlined for a materialised frame and no watchers, keeping the
+            # whole word to re-validate; anything else goes through it
+            words = self._frame(maddr >> 12)
+            if words is None or maddr & 3 or not 0 <= value <= 0xFFFFFFFF or self.memory.watch:
+                self.memory.write_u32(maddr, value)
+                word = self.memory.read_u64(maddr & ~7)
+            elif maddr & 4:
+                word = words[i] = (words[i] & 0xFFFFFFFF) | (value << 32)
+            else:
+                word = words[i] = (words[i] & ~0xFFFFFFFF) | value
+        shadows = self.pool.by_gfn.get(gfn)
+        if shadows is None:
+            pass
+        elif len(shadows) == 1 and shadows[0].type == SH_L1:   # _validate_gpte's common case
+            sp = shadows[0]
+            new = self._sl1e_from_guest(word, vs.nxe, sp, i) if word & F_P else 0
+            swords = self._frame(sp.smfn)
+            if new != (0 if swords is None else swords[i]) and self._set_sl1e(sp, i, new):
+                self._flush_all(vcpu)
+        elif self._validate_gpte(vcpu, gfn, i, word):
             self._flush_all(vcpu)
-        vs.half = walk.va if size == 4 and not cont else None
+        vs.half = va if size == 4 and not cont else None
         if size == 4 and maddr & 4:
             return _DONE                                 # a high half neither counts nor resets
         if value == 0 and self.opt["early_unshadow"]:
@@ -126,17 +145,6 @@ class Emulation:
         else:
             vs.last_unshadow = None
         return _DONE
-
-    def _store_u32(self, maddr: int, value: int) -> int:
-        """`memory.write_u32(maddr, value)`, returning the whole 8-byte word that now holds
-        the half (the entry to re-validate): one read of the frame, one 8-byte store."""
-        if maddr & 3 or maddr >= self.memory.size or not 0 <= value <= 0xFFFFFFFF:
-            self.memory.write_u32(maddr, value)         # refused there, with its message
-        words = self._frame(maddr >> 12)
-        old = 0 if words is None else words[(maddr & 0xFFF) >> 3]
-        new = (old & 0xFFFFFFFF) | (value << 32) if maddr & 4 else (old & ~0xFFFFFFFF) | value
-        self.memory.write_u64(maddr & ~7, new)
-        return new
 
     def _bulk_write(self, vcpu: int, va: int, src_mfn: int | None) -> None:
         """clear_page/copy_page: 512 stores. Onto a shadowed page table each would trap and

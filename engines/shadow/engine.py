@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from engines.api import ABI, BootInfo, CostTable, DomainSpec, Engine, EngineError, GuestPageFault
-from engines.hw import A_USER, A_WRITE, AddressError, GeneralProtection
+from engines.hw import A_USER, A_WRITE, U64_MASK, AddressError, GeneralProtection
 
 from .accounting import PF_BOUNCE, PF_DELIVERY, SH_FILL, TRAP, WALK_REF, Accounting
 from .audit import ShadowAudit
@@ -144,10 +144,10 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
             maddr = self._sh_page_fault(vcpu, va, access)
             if maddr is None:
                 maddr = self._retry(vcpu, va, access, None, 8, "read at")
-        if maddr & 7 or maddr >= self.memory.size:
-            return self.memory.read_u64(maddr)          # refused there, with its message
         words = self._frame(maddr >> 12)
-        return 0 if words is None else words[(maddr & 0xFFF) >> 3]
+        if words is None or maddr & 7:
+            return self.memory.read_u64(maddr)          # 0 if untouched; or refused there
+        return words[(maddr & 0xFFF) >> 3]
 
     def write(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
         access |= A_WRITE
@@ -160,7 +160,11 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                 maddr = self._retry(vcpu, va, access, value, 8, "write at")
             if maddr is _DONE:
                 return
-        self.memory.write_u64(maddr, value)
+        words = self._frame(maddr >> 12)                # memory.write_u64, as in write_u32
+        if words is None or maddr & 7 or not 0 <= value <= U64_MASK or self.memory.watch:
+            self.memory.write_u64(maddr, value)
+        else:
+            words[(maddr & 0xFFF) >> 3] = value
 
     def write_u32(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
         """A 4-byte store (Linux PAE set_pte writes a PTE as two 32-bit halves)."""
@@ -174,7 +178,17 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                 maddr = self._retry(vcpu, va, access, value, 4, "write at")
             if maddr is _DONE:
                 return
-        self._store_u32(maddr, value)
+        # memory.write_u32 inlined for a materialised frame and no watchers; a store to an
+        # untouched frame, a watched one or one it refuses goes through it
+        words = self._frame(maddr >> 12)
+        if words is None or maddr & 3 or not 0 <= value <= 0xFFFFFFFF or self.memory.watch:
+            self.memory.write_u32(maddr, value)
+        elif maddr & 4:
+            i = (maddr & 0xFFF) >> 3
+            words[i] = (words[i] & 0xFFFFFFFF) | (value << 32)
+        else:
+            i = (maddr & 0xFFF) >> 3
+            words[i] = (words[i] & ~0xFFFFFFFF) | value
         self.vs[vcpu].half = None
 
     def translate(self, vcpu: int, va: int, access: int = 0) -> int:
@@ -247,7 +261,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                 maddr = (self._p2m[gfn] << 12) | (va & 0xFFF)
                 if value is not None and not access & A_USER and not self.opt["oos"]:
                     # _pt_write's choice for a supervisor store without OOS, made here
-                    return self._emulate(vcpu, walk, value, size, maddr, cont)
+                    return self._emulate(vcpu, va, gfn, value, size, maddr, cont)
                 r = self._pt_write(vcpu, va, access, walk, value, size, maddr, cont)
                 if r is _RETRY:
                     return None

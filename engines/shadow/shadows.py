@@ -26,9 +26,9 @@ This is a mixin of `ShadowEngine`; the attributes it uses are set up in engine.p
 from __future__ import annotations
 
 from itertools import compress, count
-from operator import itemgetter
 
 from engines.api import GuestCrash
+from engines.hw import U64_MASK
 
 from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, F_XD
 from .p2m import XEN_FIRST_SLOT
@@ -38,7 +38,6 @@ REF_MAX = (1 << 26) - 1       # width of a frame's shadow reference count (PGC_c
 PREFETCH_DISTANCE = 32        # Xen's PREFETCH_DISTANCE
 _L2_FLAGS = F_P | F_A | F_D
 _P_A, _P_A_D, _RW_D = F_P | F_A, F_P | F_A | F_D, F_RW | F_D
-_word = itemgetter(1)
 
 
 class ShadowOps:
@@ -115,9 +114,8 @@ class ShadowOps:
         old = 0 if words is None else words[idx]
         if old == new:
             return False
-        maddr = (sp.smfn << 12) | (idx << 3)
-        memory = self.memory
         amask = self._amask
+        flush = False
         if new & F_P:
             mfn = (new & amask) >> 12
             mapcount = self.mapcount
@@ -146,11 +144,15 @@ class ShadowOps:
                 maps.discard((sp.smfn, idx))
                 if not maps:
                     del self.wrmaps[mfn]
-            memory.write_u64(maddr, new)
-            return bool(not new & F_P or (old ^ new) & amask or (old & ~new & (F_RW | F_US))
-                        or (new & ~old & F_XD))
-        memory.write_u64(maddr, new)
-        return False
+            flush = bool(not new & F_P or (old ^ new) & amask or (old & ~new & (F_RW | F_US))
+                         or (new & ~old & F_XD))
+        # memory.write_u64 inlined for a materialised frame and no watchers
+        memory = self.memory
+        if words is None or memory.watch or not 0 <= new <= U64_MASK:
+            memory.write_u64((sp.smfn << 12) | (idx << 3), new)
+        else:
+            words[idx] = new
+        return flush
 
     def _set_sl2e(self, sp: ShadowPage, idx: int, new: int) -> bool:
         """shadow_set_l2e: install `new`, moving the child shadow's reference."""
@@ -176,7 +178,7 @@ class ShadowOps:
     def _nonzero(self, mfn: int) -> list[tuple[int, int]]:
         """`memory.nonzero_words(mfn)` (index, value) in index order, the scan done in C."""
         words = self._frame(mfn)
-        return [] if words is None else list(filter(_word, enumerate(words)))
+        return [] if words is None else list(compress(enumerate(words), words))
 
     # -- making and destroying shadows -------------------------------------------------------
     def _new_shadow(self, vcpu: int, type_: str, gfn: int, key: tuple) -> ShadowPage:
