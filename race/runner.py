@@ -229,10 +229,10 @@ class RayExecutor:
     def _start_local(self, ray) -> None:
         """Embedded Ray: 127.0.0.1 only, no dashboard, quiet, small object store, its own
         temp dir, workers at the driver's priority, no housekeeping that a local race does
-        not need (LOCAL_SYSTEM_CONFIG, LOCAL_ENV, LOCAL_KILLED); token auth on with a per-run token unless
-        RAY_AUTH_MODE says otherwise, so ~/.ray/auth_token is not created and a later
-        `ray start` is not switched to token mode behind the user's back (reference/ray.md,
-        pitfall 1)."""
+        not need (LOCAL_SYSTEM_CONFIG, LOCAL_ENV, LOCAL_KILLED); token auth on with a
+        per-run token unless RAY_AUTH_MODE says otherwise, so ~/.ray/auth_token is not
+        created and a later `ray start` is not switched to token mode behind the user's
+        back (reference/ray.md, pitfall 1)."""
         self.tmp = tempfile.mkdtemp(prefix="pae-race-ray-")
         if "RAY_AUTH_MODE" not in os.environ:
             token = Path(self.tmp) / "auth_token"

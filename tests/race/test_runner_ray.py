@@ -73,6 +73,46 @@ def test_the_embedded_ray_is_local_only_and_leaves_home_alone(ray_local):
     assert ray_local.get(niceness.remote()) == 0  # boots run at the driver's priority
 
 
+def _descendants(root: int) -> dict[int, str]:
+    """The command line of every process started, directly or not, by `root`."""
+    parent = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    tree, grew = {root}, True
+    while grew:
+        more = {p for p, pp in parent.items() if pp in tree} - tree
+        tree |= more
+        grew = bool(more)
+    out = {}
+    for pid in tree - {root}:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            pass
+    return out
+
+
+def test_the_embedded_ray_runs_none_of_the_housekeeping_a_local_race_does_not_need(ray_local):
+    from race.runner import LOCAL_ENV
+    procs = _descendants(os.getpid())
+    cmds = list(procs.values())
+    assert any("raylet" in c for c in cmds)            # the walk does see Ray's processes
+    for gone in ("log_monitor.py", "autoscaler/_private/monitor.py", "dashboard/dashboard.py"):
+        assert not [c for c in cmds if gone in c], gone
+    agents = [p for p, c in procs.items() if "DashboardAgent" in c or "dashboard/agent.py" in c]
+    assert agents, "the dashboard agent (runtime environments) still runs"
+    # the agent's node-stats reporter and metrics recorder run on LOCAL_ENV's periods
+    with open(f"/proc/{agents[0]}/environ", "rb") as f:
+        env = dict(kv.split("=", 1) for kv in f.read().decode().split("\0") if "=" in kv)
+    for key, value in LOCAL_ENV.items():
+        assert env.get(key) == value, key
+
+
 def _dies_on_seed_2(cell):
     """A boot whose worker process dies (as a lost node or an OOM kill would end it)."""
     if cell.seed == 2:
