@@ -103,6 +103,7 @@ class ControlOps:
                     pge: bool | None = None, nxe: bool | None = None) -> None:
         vs = self.vs[vcpu]
         vs.up = True
+        vs.half_walk = None                 # (a guest walk depends on WP, NXE and PG)
         cpu = self.cpus[vcpu]
         if nxe is not None:
             self._trap_cr(vcpu)

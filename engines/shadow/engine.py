@@ -19,7 +19,9 @@ entries point at the shadows of the guest's L2s (slot 3's typed l2h, with Xen's 
   pf_delivery, error code as on bare hardware); otherwise the shadow is filled (a hidden
   fault: trap + sh_fill + guest walk refs) or, for a supervisor write to a shadowed page
   table, the write is emulated (trap + sh_emulate) and re-propagated into every shadow of
-  that frame. A user-mode write to a page table unshadows it and goes through.
+  that frame. A user-mode write to a page table unshadows it and goes through. The second
+  half of a PTE written as two 32-bit halves takes the first half's guest walk while the
+  entries that walk read are unchanged (`_walk_again`: what a new walk would find).
 - **Hardware state.** CR0.WP is always 1 on the real CPU (guest WP=0 is emulated: a
   supervisor write the shadow refuses but the guest allows is done in software); EFER.NXE
   and CR4.PGE follow the guest's (shadows never carry G, so PGE changes nothing but the
@@ -70,6 +72,7 @@ class VcpuState:
     last_unshadow: int | None = None       # last_emulated_mfn_for_unshadow (as a gfn)
     last_wr_smfn: int = -1                 # last_writeable_pte_smfn
     half: int | None = None                # va of a half PTE write just emulated
+    half_walk: tuple | None = None         # ... its guest walk (ShadowEngine._walk_again)
     oos: list = field(default_factory=list)
     set_bits: Callable | None = None       # the guest walk's A/D setter (set_ad_bits)
     bulk_src: int | None = None            # clear_page (-1) or copy_page source mfn, while
@@ -232,14 +235,18 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         vs.up = True
         cont = size == 4 and vs.half == va ^ 4      # second half caught in the same trap
         n, cycles, cost = self._n, self._cycles, self._hot_cost
-        if not cont:
+        if cont:
+            walk = self._walk_again(vs, va, access)
+        else:
             cycles[vcpu] += cost[TRAP]
             n[TRAP] += 1
-        if vs.pg:                                   # the guest walk (guest_walk_tables)
-            walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._frame, vs.set_bits,
-                                         vs.wp, self._p2m)
-        else:
-            walk = self._unpaged_walk(va, access)
+            walk = None
+        if walk is None:
+            if vs.pg:                               # the guest walk (guest_walk_tables)
+                walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._frame, vs.set_bits,
+                                             vs.wp, self._p2m)
+            else:
+                walk = self._unpaged_walk(va, access)
         _va, _acc, _entries, _gpas, _level, pfec, gfn, writable, _user, _nx, refs = walk
         if refs:
             cycles[vcpu] += cost[WALK_REF] * refs
@@ -261,6 +268,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                 maddr = (self._p2m[gfn] << 12) | (va & 0xFFF)
                 if value is not None and not access & A_USER and not self.opt["oos"]:
                     # _pt_write's choice for a supervisor store without OOS, made here
+                    vs.half_walk = walk
                     return self._emulate(vcpu, va, gfn, value, size, maddr, cont)
                 r = self._pt_write(vcpu, va, access, walk, value, size, maddr, cont)
                 if r is _RETRY:
@@ -275,6 +283,31 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         cycles[vcpu] += cost[SH_FILL]
         n[SH_FILL] += 1
         return None
+
+    def _walk_again(self, vs: VcpuState, va: int, access: int) -> GuestWalk | None:
+        """The second half of a PTE written as two 32-bit halves: the guest walk of the
+        first (same page, same access, a complete PAE walk) when the PDPTE snapshot, PDE
+        and PTE it read still hold what it read (after the A/D bits it set). A new walk
+        would then read the same entries, set no A/D bit and return the same record but
+        for `va`, so this is that walk without the work, as Xen emulates the second half
+        with the first's walk. The record is returned as it is: its `va` is the first
+        half's (the fault path passes on `va` itself and reads none). None: walk again.
+        (set_control drops the walk: WP and NXE also decide a walk.)"""
+        walk = vs.half_walk
+        if walk is None or walk[1] != access or walk[4] != 1 or (walk[0] ^ va) >> 12:
+            return None
+        e3, e2, e1 = walk[2]
+        _g3, g2, g1 = walk[3]
+        if vs.gl3e[va >> 30] != e3:
+            return None
+        p2m, frame = self._p2m, self._frame
+        words = frame(p2m[g2 >> 12])
+        if words is None or words[(g2 & 4095) >> 3] != e2:
+            return None
+        words = frame(p2m[g1 >> 12])
+        if words is None or words[(g1 & 4095) >> 3] != e1:
+            return None
+        return walk
 
     def _unpaged_walk(self, va: int, access: int) -> GuestWalk:
         """Guest paging off: the physical-mode table's identity "superpage" entry."""
