@@ -382,20 +382,23 @@ class MemoryManager:
             self.k.flush_tlb_mm(vcpu, mm)       # i386 flush_tlb_range == flush_tlb_mm
 
     def mprotect(self, vcpu: int, mm: MM, start: int, end: int, write: bool) -> None:
-        """change_protection: rewrite the PTEs of [start, end) and flush."""
+        """change_protection (mm/mprotect.c, 2.6.16 change_pte_range): every present PTE
+        of [start, end) is taken with ptep_get_and_clear (so no hardware A/D update is lost
+        between the read and the store) and stored back with the new protection by
+        set_pte_at, whether or not the protection changes; then one flush."""
         for v in mm.vmas:
             if v.start >= start and v.end <= end:
                 v.write = write
-        ops, engine = self.ops, self.engine
+        ops = self.ops
         for vpn in sorted(v for v in mm.pages if start >> 12 <= v < end >> 12):
             va = vpn << 12
             ptep = self.ptep(mm, va)
-            pte = engine.read(vcpu, ptep)
+            if not self.engine.read(vcpu, ptep) & 1:       # pte_present
+                continue
+            pte = ops.ptep_get_and_clear(vcpu, mm, va, ptep)
             pfn = mm.pages[vpn]
             # a private page only becomes writable again if no one else maps it
             can_write = write and (self.mapcount.get(pfn) == 1 and pfn != self.zero_pfn
                                    and pfn not in self.k.cache_pfns)
-            new = (pte | RW) if can_write else (pte & ~RW)
-            if new != pte:
-                ops.set_pte(vcpu, mm, va, ptep, new)
+            ops.set_pte(vcpu, mm, va, ptep, (pte | RW) if can_write else (pte & ~RW))
         self.k.flush_tlb_mm(vcpu, mm)

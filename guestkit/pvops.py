@@ -54,6 +54,7 @@ class MMUOps(Protocol):
     def set_pmd(self, vcpu: int, mm, pmdp: int, val: int) -> None: ...
     def set_pdpte(self, vcpu: int, mm, pdptep: int, val: int) -> None: ...
     def ptep_set_wrprotect(self, vcpu: int, mm, va: int, ptep: int) -> None: ...
+    def ptep_get_and_clear(self, vcpu: int, mm, va: int, ptep: int) -> int: ...
     def write_cr3(self, vcpu: int, pgd_pa: int) -> None: ...
     def flush_tlb(self, vcpu: int) -> None: ...
     def flush_tlb_global(self, vcpu: int) -> None: ...
@@ -105,6 +106,15 @@ class NativeMMU:
         # clear_bit(_PAGE_BIT_RW, &ptep->pte_low): a locked 4-byte RMW of the low half
         e = self.engine
         e.write_u32(vcpu, ptep, e.read(vcpu, ptep) & 0xFFFFFFFF & ~PTE_RW)
+
+    def ptep_get_and_clear(self, vcpu, mm, va, ptep):
+        # PAE (pgtable-3level.h): xchg the low half with 0 (P drops first), then store 0 in
+        # the high half: two 4-byte stores; the old entry is returned
+        e = self.engine
+        old = e.read(vcpu, ptep)
+        e.write_u32(vcpu, ptep, 0)
+        e.write_u32(vcpu, ptep + 4, 0)
+        return old
 
     def write_cr3(self, vcpu, pgd_pa):
         self._cr3[vcpu] = pgd_pa
