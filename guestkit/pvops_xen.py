@@ -17,7 +17,8 @@
   direct PTE store is two 4-byte stores as on native (`pvops.set_pte_halves`: high half then
   low, a clear low then high), so ptwr emulates each half on its own trap;
   ptep_set_wrprotect is `clear_bit` on the low half, one 4-byte store; ptep_get_and_clear
-  (mprotect) the native xchg of the low half then a store to the high half. In
+  (mprotect) one cmpxchg8b of the whole entry, as 2.6.18 XenLinux does (not the native
+  pair of 4-byte stores). In
   lazy-MMU mode the stores to pinned tables are queued and sent as one `mmu_update`.
   set_pmd/set_pdpte on pinned tables: `mmu_update`. New L1s under a pinned pgd are made
   read-only before they are hooked. Without writable page tables every store to a pinned
@@ -258,13 +259,15 @@ class XenMMU:
                 self._store(vcpu, mm, ptep, pte & ~RW)
 
     def ptep_get_and_clear(self, vcpu, mm, va, ptep):
-        # the native PAE sequence (xchg on pte_low, then pte_high = 0), as 2.6.16 XenLinux
-        # kept it: on a pinned table Xen's ptwr emulates each half; an unpinned table takes
-        # plain stores; in lazy mode, or without writable page tables, an mmu_update.
-        # (Later XenLinux first tried one cmpxchg8b of the whole entry: not modelled.)
+        # XenLinux 2.6.18 (pgtable-3level.h) on a user mm: one cmpxchg8b of the whole entry
+        # with 0 (falling back to the native xchg of the low half only if the entry changed
+        # under it, which cannot happen between two steps of one VCPU here): one 8-byte
+        # locked write, which Xen's ptwr emulates once on a pinned table (xen-pv.md §2.4:
+        # cmpxchg8b is supported); queued as an mmu_update in lazy mode, and an mmu_update
+        # without writable page tables
         old = self.engine.read(vcpu, ptep)
-        if self._pinned(mm) and not self._lazy[vcpu] and self.ptwr:
-            set_pte_halves(self.engine, vcpu, ptep, 0)
+        if not self._pinned(mm) or not self._lazy[vcpu] and self.ptwr:
+            self.engine.write(vcpu, ptep, 0)
         else:
             self._store(vcpu, mm, ptep, 0)
         return old
