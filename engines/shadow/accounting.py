@@ -10,7 +10,9 @@ are the two Counters: reading `stats` or `cycles_by` (counters(), cycle_breakdow
 `unaccounted()`'s snapshot) first adds the pending counts, so every reader sees exactly what
 `Engine.charge` would have left there. `unaccounted()` drops what was charged inside it, the
 pending counts included. A charge of 0 events still creates its key, as a Counter's `+= 0`
-does, so the fault path charges zero-count events through `charge()`.
+does, so the fault path charges zero-count events through `charge()`. The engine's own
+statistics (`sh.*` keys: no cost, no cycles) wait in the same dict (`_stat()`); only
+`stats` gets them, as `self._stats[key] += 1` would have.
 This is a mixin of `ShadowEngine`.
 """
 from __future__ import annotations
@@ -52,7 +54,9 @@ class Accounting:
             st, by, cost = self._stats, self._cycles_by, self._cost
             for event, count in pend.items():         # (a zero count still makes its key)
                 st[event] += count
-                by[event] += cost[event] * count
+                c = cost.get(event)
+                if c is not None:                     # (None: a statistic, no cycles)
+                    by[event] += c * count
             pend.clear()
 
     @property
@@ -79,6 +83,11 @@ class Accounting:
         self._cycles[vcpu] += self._cost[event] * count
         pend = self._pend
         pend[event] = pend.get(event, 0) + count
+
+    def _stat(self, key: str) -> None:
+        """`self.stats[key] += 1` for a statistic of the engine's own (no cost event)."""
+        pend = self._pend
+        pend[key] = pend.get(key, 0) + 1
 
     def ipi(self, src: int, dst: int) -> None:
         """Engine.ipi, counted by slot (every shadow shootdown sends one per VCPU)."""

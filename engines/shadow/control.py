@@ -25,8 +25,12 @@ class ControlOps:
 
     # -- CR3 and the shadow L3 ---------------------------------------------------------------------
     def _read_pdptes(self, vcpu: int, cr3: int) -> tuple:
-        base = cr3 & 0xFFFFFFE0
-        gl3e = tuple(self._gread(base + 8 * i) for i in range(4))
+        base = cr3 & 0xFFFFFFE0                 # (32-byte aligned: one frame holds all 4)
+        if base >> 12 >= self.nr_pages:
+            self._gread(base)                   # raises: outside the domain
+        words = self._frame(self._p2m[base >> 12])
+        i = (base & 0xFFF) >> 3
+        gl3e = (0, 0, 0, 0) if words is None else tuple(words[i:i + 4])
         rsvd = pdpte_reserved(self.spec.maxphyaddr)
         for i, e in enumerate(gl3e):
             if e & F_P and e & rsvd:

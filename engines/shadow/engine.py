@@ -247,18 +247,21 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                                              vs.wp, self._p2m)
             else:
                 walk = self._unpaged_walk(va, access)
-        _va, _acc, _entries, _gpas, _level, pfec, gfn, writable, _user, _nx, refs = walk
+        # the record's items by index (unpacking a tuple subclass takes the generic path)
+        refs = walk[10]                             # walk.refs
         if refs:
             cycles[vcpu] += cost[WALK_REF] * refs
             n[WALK_REF] += refs
         elif vs.pg:
             self.charge(vcpu, "sh_guest_walk_ref", 0)
+        pfec = walk[5]                              # walk.pfec
         if pfec is not None:
             vs.last_unshadow = vs.half = None
             cycles[vcpu] += cost[PF_BOUNCE] + cost[PF_DELIVERY]
             n[PF_BOUNCE] += 1
             n[PF_DELIVERY] += 1
             raise GuestPageFault(va, pfec)
+        gfn = walk[6]                               # walk.gfn
         if gfn >= self.nr_pages:
             raise AddressError(f"va {va:#010x} maps guest-physical address "
                                f"{(gfn << 12) | (va & 0xFFF):#x}, outside the domain's "
@@ -275,7 +278,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                     return None
                 if r is not None:
                     return r
-            elif not writable:                           # guest CR0.WP=0: emulate
+            elif not walk[7]:                            # guest CR0.WP=0: emulate (.writable)
                 maddr = (self._p2m[gfn] << 12) | (va & 0xFFF)
                 return self._plain_write(vcpu, maddr, value, size)
         vs.last_unshadow = vs.half = None

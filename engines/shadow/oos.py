@@ -62,7 +62,7 @@ class OutOfSync:
             self.oos_pages[gfn] = rec
             self.vs[vcpu].oos.append(gfn)
             sl1.oos = True
-            self._stats["sh.oos_unsync"] += 1
+            self._stat("sh.oos_unsync")
         if (sp_map.smfn, idx_map) in rec.fixups:
             self._refresh_sl1e(vcpu, sp_map, idx_map)
             return

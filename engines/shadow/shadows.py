@@ -38,6 +38,7 @@ REF_MAX = (1 << 26) - 1       # width of a frame's shadow reference count (PGC_c
 PREFETCH_DISTANCE = 32        # Xen's PREFETCH_DISTANCE
 _L2_FLAGS = F_P | F_A | F_D
 _P_A, _P_A_D, _RW_D = F_P | F_A, F_P | F_A | F_D, F_RW | F_D
+_INDICES = tuple(range(512))
 
 
 class ShadowOps:
@@ -176,9 +177,11 @@ class ShadowOps:
         return False
 
     def _nonzero(self, mfn: int) -> list[tuple[int, int]]:
-        """`memory.nonzero_words(mfn)` (index, value) in index order, the scan done in C."""
+        """`memory.nonzero_words(mfn)` (index, value) in index order, the scan done in C
+        (over a tuple of the 512 indices: no int object made per word, as `enumerate`
+        would; a shadow L1 being destroyed is mostly zeros)."""
         words = self._frame(mfn)
-        return [] if words is None else list(compress(enumerate(words), words))
+        return [] if words is None else [(i, words[i]) for i in compress(_INDICES, words)]
 
     # -- making and destroying shadows -------------------------------------------------------
     def _new_shadow(self, vcpu: int, type_: str, gfn: int, key: tuple) -> ShadowPage:
@@ -304,11 +307,11 @@ class ShadowOps:
             return
         for sp in list(pool.pinned):                      # 1: unpin LRU tops not in use
             if not sp.users and sp.key not in keep:
-                self._stats["sh.prealloc_unpin"] += 1
+                self._stat("sh.prealloc_unpin")
                 self._unpin(sp)
                 if len(pool.free) >= need:
                     return
-        self._stats["sh.prealloc_unhook"] += 1            # 2: unhook the tops in use
+        self._stat("sh.prealloc_unhook")                 # 2: unhook the tops in use
         for sp in self._tops_in_use():
             for idx, _e in self._nonzero(sp.smfn):
                 if not (sp.type == SH_L2H and idx >= XEN_FIRST_SLOT):

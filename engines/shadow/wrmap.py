@@ -24,7 +24,7 @@ This is a mixin of `ShadowEngine`.
 """
 from __future__ import annotations
 
-from .accounting import IPI_EXIT, TLB_FLUSH
+from .accounting import IPI, IPI_EXIT, TLB_FLUSH
 from .modes import F_P, F_RW
 from .p2m import HYPERVISOR_VIRT_START
 from .pool import SH_FL1, SH_L1
@@ -40,7 +40,7 @@ class WriteAccess:
         mfn = self.p2m.p2m[gfn]
         if mfn not in self.wrmaps:
             return
-        self._stats["sh.wrmap_removals"] += 1
+        self._stat("sh.wrmap_removals")
         how = "scan"
         if self.opt["wrmap_heuristic"]:
             if gfn < LINUX_LOWMEM_PAGES:
@@ -67,7 +67,7 @@ class WriteAccess:
                         break
             self.charge(vcpu, "sh_wrmap_scan", scanned)
             self._strip_writable(mfn, None)
-        self._stats[f"sh.wrmap_found_{how}"] += 1
+        self._stat(f"sh.wrmap_found_{how}")
         self._flush_all(vcpu)
 
     def _strip_writable(self, mfn: int, only: set | None) -> None:
@@ -115,13 +115,15 @@ class WriteAccess:
         if flush:
             self._flush_all(vcpu)
         done = gfn not in self.pool.by_gfn
-        self._stats[f"sh.unshadow_{why}" if done else f"sh.unshadow_{why}_failed"] += 1
+        self._stat(f"sh.unshadow_{why}" if done else f"sh.unshadow_{why}_failed")
         return done
 
     # -- shootdowns -----------------------------------------------------------------------------
     def _flush_all(self, vcpu: int) -> None:
-        """flush_tlb_mask over the VCPUs that have run: local flush plus one IPI each."""
-        self._stats["sh.flush_tlb_mask"] += 1
+        """flush_tlb_mask over the VCPUs that have run: local flush plus one IPI each (the
+        IPI charged as `ipi()` does: half its cost at each end)."""
+        pend = self._pend
+        pend["sh.flush_tlb_mask"] = pend.get("sh.flush_tlb_mask", 0) + 1   # self._stat()
         n, cycles, cost, cpus = self._n, self._cycles, self._hot_cost, self.cpus
         vmexit = "sh_flush_ipi_exit" in self._cost        # early VT-x: the IPI is a VM exit
         for v, vs in enumerate(self.vs):
@@ -130,7 +132,10 @@ class WriteAccess:
                 n[TLB_FLUSH] += 1
                 cpus[v].flush_tlb(False)
             elif vs.up:
-                self.ipi(vcpu, v)
+                half = cost[IPI] >> 1
+                cycles[vcpu] += half
+                cycles[v] += half
+                n[IPI] += 1
                 if vmexit:
                     cycles[v] += cost[IPI_EXIT]
                     n[IPI_EXIT] += 1
