@@ -54,7 +54,7 @@ class Emulation:
                 if self._remove_shadows(vcpu, gfn, "user_write"):
                     return None if walk.writable else self._plain_write(vcpu, maddr, value,
                                                                         size)
-                return self._emulate(vcpu, va, gfn, value, size, maddr, cont)
+                return self._emulate(vcpu, va, gfn, value, size, cont)
         # a supervisor write, or a user write to a page table that maps itself
         if walk.writable and self.opt["oos"] and self._oos_candidate(gfn) is not None:
             sp, idx = self._fill(vcpu, va, walk)
@@ -63,7 +63,7 @@ class Emulation:
                 self._unsync(vcpu, gfn, sl1, sp, idx)
                 self.charge(vcpu, "sh_fill")
                 return _RETRY
-        return self._emulate(vcpu, va, gfn, value, size, maddr, cont)
+        return self._emulate(vcpu, va, gfn, value, size, cont)
 
     def _pt_bulk(self, vcpu: int, gfn: int, maddr: int, own: bool):
         """A whole-page store onto a shadowed page table. clear_page's zeros: two trapped,
@@ -100,25 +100,27 @@ class Emulation:
         self.charge(vcpu, "sh_emulate")
         return _DONE
 
-    def _emulate(self, vcpu: int, va: int, gfn: int, value: int, size: int, maddr: int,
-                 cont: bool):
+    def _emulate(self, vcpu: int, va: int, gfn: int, value: int, size: int, cont: bool):
         """sh_x86_emulate_write + sh_validate_guest_pt_write + early-unshadow detection, for
-        the write at `va` the guest walk mapped to `gfn` (machine address `maddr`)."""
+        the write at `va` the guest walk mapped to `gfn`. (The frame and offset are kept
+        apart: a machine address above 1 GiB is a two-digit int, slower to operate on.)"""
         vs = self.vs[vcpu]
         self._cycles[vcpu] += self._hot_cost[SH_EMULATE]
         self._n[SH_EMULATE] += 1
-        i = (maddr & 0xFFF) >> 3
+        mfn, off = self._p2m[gfn], va & 0xFFF
+        i = off >> 3
         if size == 8:
-            self.memory.write_u64(maddr, value)
+            self.memory.write_u64((mfn << 12) | off, value)
             word = value
         else:
             # memory.write_u32 inlined for a materialised frame and no watchers, keeping the
             # whole word to re-validate; anything else goes through it
-            words = self._frame(maddr >> 12)
-            if words is None or maddr & 3 or not 0 <= value <= 0xFFFFFFFF or self.memory.watch:
+            words = self._frame(mfn)
+            if words is None or off & 3 or not 0 <= value <= 0xFFFFFFFF or self.memory.watch:
+                maddr = (mfn << 12) | off
                 self.memory.write_u32(maddr, value)
                 word = self.memory.read_u64(maddr & ~7)
-            elif maddr & 4:
+            elif off & 4:
                 word = words[i] = (words[i] & 0xFFFFFFFF) | (value << 32)
             else:
                 word = words[i] = (words[i] & ~0xFFFFFFFF) | value
@@ -134,7 +136,7 @@ class Emulation:
         elif self._validate_gpte(vcpu, gfn, i, word):
             self._flush_all(vcpu)
         vs.half = va if size == 4 and not cont else None
-        if size == 4 and maddr & 4:
+        if size == 4 and off & 4:
             return _DONE                                 # a high half neither counts nor resets
         if value == 0 and self.opt["early_unshadow"]:
             if vs.last_unshadow == gfn:

@@ -148,9 +148,10 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
             if maddr is None:
                 maddr = self._retry(vcpu, va, access, None, 8, "read at")
         words = self._frame(maddr >> 12)
-        if words is None or maddr & 7:
+        off = maddr & 0xFFF             # (maddr is a two-digit int: one operation on it)
+        if words is None or off & 7:
             return self.memory.read_u64(maddr)          # 0 if untouched; or refused there
-        return words[(maddr & 0xFFF) >> 3]
+        return words[off >> 3]
 
     def write(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
         access |= A_WRITE
@@ -164,10 +165,11 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
             if maddr is _DONE:
                 return
         words = self._frame(maddr >> 12)                # memory.write_u64, as in write_u32
-        if words is None or maddr & 7 or not 0 <= value <= U64_MASK or self.memory.watch:
+        off = maddr & 0xFFF
+        if words is None or off & 7 or not 0 <= value <= U64_MASK or self.memory.watch:
             self.memory.write_u64(maddr, value)
         else:
-            words[(maddr & 0xFFF) >> 3] = value
+            words[off >> 3] = value
 
     def write_u32(self, vcpu: int, va: int, value: int, access: int = 0) -> None:
         """A 4-byte store (Linux PAE set_pte writes a PTE as two 32-bit halves)."""
@@ -184,13 +186,14 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         # memory.write_u32 inlined for a materialised frame and no watchers; a store to an
         # untouched frame, a watched one or one it refuses goes through it
         words = self._frame(maddr >> 12)
-        if words is None or maddr & 3 or not 0 <= value <= 0xFFFFFFFF or self.memory.watch:
+        off = maddr & 0xFFF
+        if words is None or off & 3 or not 0 <= value <= 0xFFFFFFFF or self.memory.watch:
             self.memory.write_u32(maddr, value)
-        elif maddr & 4:
-            i = (maddr & 0xFFF) >> 3
+        elif off & 4:
+            i = off >> 3
             words[i] = (words[i] & 0xFFFFFFFF) | (value << 32)
         else:
-            i = (maddr & 0xFFF) >> 3
+            i = off >> 3
             words[i] = (words[i] & ~0xFFFFFFFF) | value
         self.vs[vcpu].half = None
 
@@ -268,11 +271,11 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
                                f"{self.nr_pages:#x} pages")
         if access & A_WRITE:
             if gfn in self.pool.by_gfn:
-                maddr = (self._p2m[gfn] << 12) | (va & 0xFFF)
                 if value is not None and not access & A_USER and not self.opt["oos"]:
                     # _pt_write's choice for a supervisor store without OOS, made here
                     vs.half_walk = walk
-                    return self._emulate(vcpu, va, gfn, value, size, maddr, cont)
+                    return self._emulate(vcpu, va, gfn, value, size, cont)
+                maddr = (self._p2m[gfn] << 12) | (va & 0xFFF)
                 r = self._pt_write(vcpu, va, access, walk, value, size, maddr, cont)
                 if r is _RETRY:
                     return None
