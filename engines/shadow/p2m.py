@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import math
 import random
+import sys
+from array import array
+from itertools import islice
 
 from engines.hw import PhysicalMemory
 
@@ -36,28 +39,45 @@ RO_MPT_SLOTS = 8
 XEN_DIRECTMAP_SLOT = 506
 XEN_BASE_MFN = 0x100                                      # 1 MiB
 _P, _RW, _A, _D = 0x1, 0x2, 0x20, 0x40
+_WORD = array("I")                                        # (4 bytes on every platform we run)
 
 
 def _sample(rng: random.Random, population: range, k: int) -> list[int]:
     """`rng.sample(population, k)`, the same list from the same generator state, faster for
     the case a domain's P2M is: a small sample of a large range, which `Random.sample`
-    draws one `_randbelow` call at a time, rejecting repeats with a set. Here the draws
-    (`getrandbits` of n's bit length until one is below n and new) are inlined."""
+    draws one `_randbelow` call at a time (`getrandbits` of n's bit length until one is
+    below n), rejecting repeats with a set: the sample is the first k distinct draws below
+    n, in order. `getrandbits(b)` for b <= 32 is one 32-bit output of the generator shifted
+    right by 32 - b, and `getrandbits(32 * m)` is m such outputs, the first lowest, so the
+    draws are taken in batches, shifted and offset lane-wise in one big int, de-duplicated
+    in C (dict.fromkeys keeps first occurrences in order) and rid of the draws >= n. The
+    generator ends further on than Random.sample leaves it (the last batch is drawn whole):
+    pass one used for nothing else."""
     n = len(population)
     if not 5 < k <= n or n <= 21 + 4 ** math.ceil(math.log(k * 3, 4)):
         return rng.sample(population, k)     # Random.sample's pool method (or its errors)
-    getrandbits, bits = rng.getrandbits, n.bit_length()
-    selected: set[int] = set()
-    add = selected.add
-    start = population.start
-    out = [0] * k
-    for i in range(k):
-        j = getrandbits(bits)
-        while j >= n or j in selected:
-            j = getrandbits(bits)
-        add(j)
-        out[i] = start + j
-    return out
+    bits, start = n.bit_length(), population.start
+    if start + (1 << bits) > 1 << 32 or _WORD.itemsize != 4:
+        return rng.sample(population, k)
+    first: dict[int, None] = {}
+    batch = k + (k >> 3) + 64                # enough for a sparse sample, else draw more
+    while len(first) < k:
+        # each 32-bit lane: its output >> (32 - bits), plus start (no carry between lanes)
+        lanes = (rng.getrandbits(32 * batch) >> (32 - bits)) & _lanes((1 << bits) - 1, batch)
+        lanes += _lanes(start, batch)
+        words = array("I", lanes.to_bytes(4 * batch, "little"))
+        if sys.byteorder == "big":
+            words.byteswap()
+        first.update(dict.fromkeys(words))
+        for mfn in range(population.stop, start + (1 << bits)):    # draws >= n
+            first.pop(mfn, None)
+        batch = (k - len(first)) * 2 + 64
+    return list(islice(first, k))
+
+
+def _lanes(value: int, count: int) -> int:
+    """`value` (< 2**32) in each of `count` 32-bit lanes of one int, the first lowest."""
+    return int.from_bytes(value.to_bytes(4, "little") * count, "little")
 
 
 class P2M:
