@@ -47,10 +47,10 @@ def boot(profile: str = "tiny", vcpus: int = 2, seed: int = 0, memory_mib: int =
 
 
 def run_init(make_program: Callable[[Guest], object], vcpus: int = 1,
-             sabotage: Iterable[str] = ()) -> tuple[NativeEngine, Guest]:
+             sabotage: Iterable[str] = (), engine=None) -> tuple[NativeEngine, Guest]:
     """Boot the `tiny` kernel, then run `make_program(guest)` as init (instead of the SysV
-    boot) until every task sleeps or is gone."""
-    engine = native_engine(vcpus)
+    boot) until every task sleeps or is gone; on bare hardware unless `engine` is given."""
+    engine = engine if engine is not None else native_engine(vcpus)
     guest = Guest(engine, load_profile("tiny"), 0, sabotage=frozenset(sabotage))
     k = guest.kernel
     k.start_kernel()
@@ -59,6 +59,16 @@ def run_init(make_program: Callable[[Guest], object], vcpus: int = 1,
     k.rq.enqueue(init, 0, engine.clock(0))
     guest.run(lambda: False)
     return engine, guest
+
+
+def heap_sleeper(guest: Guest):
+    """An init that execs, grows its heap by a page, writes it and sleeps."""
+    def init():
+        yield ("exec", guest.workload.image("cmd", "/bin/sleeper"))
+        yield ("brk", 1)
+        yield ("touch", "heap", 0, 1, "w")
+        yield ("sleep",)
+    return init()
 
 
 def task_by_place(guest: Guest, place: str):

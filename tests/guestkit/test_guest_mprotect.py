@@ -13,32 +13,17 @@ from engines.api import DomainSpec, load_cost_table
 from engines.native import NativeEngine
 from engines.paravirt import PVEngine
 from engines.shadow import ShadowEngine
-from guestkit import Guest, load_profile
+
+import guest_harness as h
 
 RW = 0x2
 COSTS = load_cost_table()
 
 
-def _heap_sleeper(guest):
-    def init():
-        yield ("exec", guest.workload.image("cmd", "/bin/sleeper"))
-        yield ("brk", 1)
-        yield ("touch", "heap", 0, 1, "w")
-        yield ("sleep",)
-    return init()
-
-
 def _run_init(engine):
-    guest = Guest(engine, load_profile("tiny"), 0)
-    k = guest.kernel
-    k.start_kernel()
-    init = k.new_task("init", _heap_sleeper(guest), None, None)
-    k.init_task = init
-    k.rq.enqueue(init, 0, engine.clock(0))
-    guest.run(lambda: False)
-    mm = init.mm
-    page = init.image.region(mm, "heap").start & ~0xFFF
-    return guest, k, mm, page
+    _, guest = h.run_init(h.heap_sleeper, engine=engine)
+    init = h.task_by_place(guest, "init")
+    return guest, guest.kernel, init.mm, init.image.region(init.mm, "heap").start & ~0xFFF
 
 
 def _recorded_u32(engine, ptep, action):

@@ -126,20 +126,11 @@ def test_the_boot_counts_a_global_flush_per_cpu_at_zap_time():
 
 # ------------------------------------------------------------- cross-VCPU shootdowns
 
-def _heap_sleeper(guest):
-    def init():
-        yield ("exec", guest.workload.image("cmd", "/bin/sleeper"))
-        yield ("brk", 1)
-        yield ("touch", "heap", 0, 1, "w")
-        yield ("sleep",)
-    return init()
-
-
 def _mm_on_two_vcpus(lazy_on_1: bool):
     """init's mm, loaded on VCPU 0 (init ran there and sleeps: lazy) and on VCPU 1 (as if
     another task of the mm ran there last), with VCPU 1's TLB caching the heap page
     writable."""
-    engine, guest = h.run_init(_heap_sleeper, vcpus=2)
+    engine, guest = h.run_init(h.heap_sleeper, vcpus=2)
     k = guest.kernel
     init = h.task_by_place(guest, "init")
     mm, va = init.mm, init.image.region(init.mm, "heap").start + 8
@@ -177,7 +168,7 @@ def test_a_lazy_vcpu_answers_a_flush_ipi_by_leaving_the_mm():
 
 
 def test_a_flush_of_an_mm_loaded_only_here_sends_no_ipi():
-    engine, guest = h.run_init(_heap_sleeper, vcpus=2)
+    engine, guest = h.run_init(h.heap_sleeper, vcpus=2)
     k = guest.kernel
     init = h.task_by_place(guest, "init")
     ipis = engine.stats["ipi"]
