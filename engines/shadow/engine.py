@@ -20,8 +20,10 @@ entries point at the shadows of the guest's L2s (slot 3's typed l2h, with Xen's 
   fault: trap + sh_fill + guest walk refs) or, for a supervisor write to a shadowed page
   table, the write is emulated (trap + sh_emulate) and re-propagated into every shadow of
   that frame. A user-mode write to a page table unshadows it and goes through. The second
-  half of a PTE written as two 32-bit halves takes the first half's guest walk while the
-  entries that walk read are unchanged (`_walk_again`: what a new walk would find).
+  half of a PTE written as two 32-bit halves is emulated in the first half's trap, as
+  Xen's emulator goes on to the next instructions: it never runs on the CPU (no hardware
+  walk, no #PF) and takes the first half's guest walk while the entries that walk read
+  are unchanged (`_walk_again`: what a new walk would find).
 - **Hardware state.** CR0.WP is always 1 on the real CPU (guest WP=0 is emulated: a
   supervisor write the shadow refuses but the guest allows is done in software); EFER.NXE
   and CR4.PGE follow the guest's (shadows never carry G, so PGE changes nothing but the
@@ -176,7 +178,10 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         access |= A_WRITE
         if va >= HYPERVISOR_VIRT_START:
             self._xen_area(va, access)
-        maddr = self.cpus[vcpu].try_translate(va, access)
+        vs = self.vs[vcpu]
+        # the other half of a PTE whose first half was just emulated: Xen's emulator goes on
+        # to this store in the same trap, so it never runs on the CPU (no walk, no #PF)
+        maddr = -1 if vs.half == va ^ 4 else self.cpus[vcpu].try_translate(va, access)
         if maddr < 0:
             maddr = self._sh_page_fault(vcpu, va, access, value, 4)
             if maddr is None:
@@ -195,7 +200,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         else:
             i = off >> 3
             words[i] = (words[i] & ~0xFFFFFFFF) | value
-        self.vs[vcpu].half = None
+        vs.half = None
 
     def translate(self, vcpu: int, va: int, access: int = 0) -> int:
         if va >= HYPERVISOR_VIRT_START:

@@ -122,6 +122,27 @@ def test_pae_high_half_write_does_not_count_for_early_unshadow_and_shares_a_trap
     assert e.audit() == []
 
 
+def test_the_second_half_of_a_pte_is_emulated_in_the_trap_never_run_on_the_hardware():
+    # Xen emulates the instructions after a trapped PT write (sh_page_fault's "emulate up
+    # to four more" loop): the second store never executes on the CPU, so it makes no
+    # hardware walk and takes no #PF. Only the first half's walk is charged.
+    e = booted()
+    touch(e)
+    cpu = e.cpus[0]
+
+    def hw():
+        return (cpu.walks, cpu.faults_not_present + cpu.faults_protection,
+                cpu.pde_reads + cpu.pte_reads, cpu.tlb_misses_4k)
+    g.write_u32(e, 0, g.kva(5) + 4, 0x12)         # high half: hardware walk, #PF, emulated
+    before = hw()
+    traps, emulated = e.stats["trap"], e.stats["sh_emulate"]
+    g.write_u32(e, 0, g.kva(5), 0x3000 | 0x63)  # low half: caught in the same trap
+    assert hw() == before
+    assert (e.stats["trap"], e.stats["sh_emulate"]) == (traps, emulated + 1)
+    assert e._gread(5 << 12) == (0x12 << 32) | 0x3063
+    assert e.audit() == []
+
+
 def test_user_mode_write_to_a_page_table_unshadows_it_and_goes_through():
     e = booted()
     e.write(0, g.kva(6) + 8 * 7, (5 << 12) | g.P | g.RW | g.US)   # L1 5 mapped to the user
