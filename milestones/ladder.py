@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import yaml
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 LADDER_DIR = Path(__file__).with_name("ladders")
 # the guest events a milestone may be defined by (guestkit emits these), each with the data
 # keys it carries, in the order guestkit passes them; a ladder's `match` may name only these
@@ -69,7 +71,7 @@ def _resolve(name_or_path: str) -> Path:
 def load_ladder(name_or_path: str = "default") -> Ladder:
     path = _resolve(name_or_path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_text(), Loader=_SAFE_LOADER)   # libyaml's when present
     except yaml.MarkedYAMLError as e:
         line = f" line {e.problem_mark.line + 1}:" if e.problem_mark else ""
         raise LadderError(f"{path}:{line} not valid YAML: {e.problem}") from None

