@@ -179,15 +179,21 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         if va >= HYPERVISOR_VIRT_START:
             self._xen_area(va, access)
         vs = self.vs[vcpu]
-        # the other half of a PTE whose first half was just emulated: Xen's emulator goes on
-        # to this store in the same trap, so it never runs on the CPU (no walk, no #PF)
-        maddr = -1 if vs.half == va ^ 4 else self.cpus[vcpu].try_translate(va, access)
-        if maddr < 0:
-            maddr = self._sh_page_fault(vcpu, va, access, value, 4)
-            if maddr is None:
-                maddr = self._retry(vcpu, va, access, value, 4, "write at")
+        half = vs.half
+        if half is not None and half == va ^ 4:
+            # the other half of a PTE whose first half was just emulated: Xen's emulator goes
+            # on to this store in the same trap, so it never runs on the CPU (no walk, no #PF)
+            maddr = self._sh_half(vcpu, vs, va, access, value)
             if maddr is _DONE:
                 return
+        else:
+            maddr = self.cpus[vcpu].try_translate(va, access)
+            if maddr < 0:
+                maddr = self._sh_page_fault(vcpu, va, access, value, 4)
+                if maddr is None:
+                    maddr = self._retry(vcpu, va, access, value, 4, "write at")
+                if maddr is _DONE:
+                    return
         # memory.write_u32 inlined for a materialised frame and no watchers; a store to an
         # untouched frame, a watched one or one it refuses goes through it
         words = self._frame(maddr >> 12)
@@ -241,7 +247,8 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         write was emulated, or a machine address for translate()."""
         vs = self.vs[vcpu]
         vs.up = True
-        cont = size == 4 and vs.half == va ^ 4      # second half caught in the same trap
+        half = vs.half                              # second half caught in the same trap?
+        cont = size == 4 and half is not None and half == va ^ 4
         n, cycles, cost = self._n, self._cycles, self._hot_cost
         if cont:
             walk = self._walk_again(vs, va, access)
@@ -294,6 +301,27 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         cycles[vcpu] += cost[SH_FILL]
         n[SH_FILL] += 1
         return None
+
+    def _sh_half(self, vcpu: int, vs: VcpuState, va: int, access: int, value: int):
+        """The second half of a PTE, caught in the first half's trap: `_sh_page_fault` with
+        `cont`, then `_retry` if that leaves the store to the hardware. Its common case is
+        done here without the general path's tests, with the same effects: the first
+        half's walk still holds (`_walk_again`), the frame is still a shadowed page table and
+        the store is a supervisor one without OOS, so the write is emulated at once,
+        charging the walk's entry reads (a complete PAE walk read two: never zero) and no
+        trap. Returns _DONE, or the machine address the store may use."""
+        walk = self._walk_again(vs, va, access)
+        if (walk is not None and walk[6] in self.pool.by_gfn and not access & A_USER
+                and not self.opt["oos"]):
+            vs.up = True
+            refs = walk[10]                             # walk.refs
+            self._cycles[vcpu] += self._hot_cost[WALK_REF] * refs
+            self._n[WALK_REF] += refs
+            return self._emulate(vcpu, va, walk[6], value, 4, True)
+        maddr = self._sh_page_fault(vcpu, va, access, value, 4)
+        if maddr is None:
+            maddr = self._retry(vcpu, va, access, value, 4, "write at")
+        return maddr
 
     def _walk_again(self, vs: VcpuState, va: int, access: int) -> GuestWalk | None:
         """The second half of a PTE written as two 32-bit halves: the guest walk of the
