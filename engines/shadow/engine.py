@@ -23,7 +23,9 @@ entries point at the shadows of the guest's L2s (slot 3's typed l2h, with Xen's 
   half of a PTE written as two 32-bit halves is emulated in the first half's trap, as
   Xen's emulator goes on to the next instructions: it never runs on the CPU (no hardware
   walk, no #PF) and takes the first half's guest walk while the entries that walk read
-  are unchanged (`_walk_again`: what a new walk would find).
+  are unchanged (`_walk_again`: what a new walk would find). A later trapped store to
+  the same page takes that walk the same way, charged as a walk (a simulation shortcut
+  only: the record is the one a new walk would return).
 - **Hardware state.** CR0.WP is always 1 on the real CPU (guest WP=0 is emulated: a
   supervisor write the shadow refuses but the guest allows is done in software); EFER.NXE
   and CR4.PGE follow the guest's (shadows never carry G, so PGE changes nothing but the
@@ -255,7 +257,12 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         else:
             cycles[vcpu] += cost[TRAP]
             n[TRAP] += 1
-            walk = None
+            # a store to the page of the last emulated write (the next entry of a table being
+            # filled, copied or cleared): that write's walk while it holds (`_walk_again`)
+            last = vs.half_walk
+            walk = (self._walk_again(vs, va, access)
+                    if last is not None and last[1] == access and last[0] >> 12 == va >> 12
+                    else None)
         if walk is None:
             if vs.pg:                               # the guest walk (guest_walk_tables)
                 walk = self._walkers[vs.nxe](va, access, vs.gl3e, self._frame, vs.set_bits,
@@ -324,14 +331,16 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         return maddr
 
     def _walk_again(self, vs: VcpuState, va: int, access: int) -> GuestWalk | None:
-        """The second half of a PTE written as two 32-bit halves: the guest walk of the
-        first (same page, same access, a complete PAE walk) when the PDPTE snapshot, PDE
-        and PTE it read still hold what it read (after the A/D bits it set). A new walk
-        would then read the same entries, set no A/D bit and return the same record but
-        for `va`, so this is that walk without the work, as Xen emulates the second half
-        with the first's walk. The record is returned as it is: its `va` is the first
-        half's (the fault path passes on `va` itself and reads none). None: walk again.
-        (set_control drops the walk: WP and NXE also decide a walk.)"""
+        """The guest walk of the last emulated write (`half_walk`: same page, same access,
+        a complete PAE walk) when the PDPTE snapshot, PDE and PTE it read still hold what
+        it read (after the A/D bits it set). A new walk would then read the same entries,
+        set no A/D bit and return the same record but for `va`, so this is that walk
+        without the work: for the second half of a PTE written as two 32-bit halves, as
+        Xen emulates it with the first's walk, and for a later trapped store to the same
+        page, whose walk it is exactly (still charged as walked). The record is returned
+        as it is: its `va` is the earlier write's (the fault path passes on `va` itself
+        and reads none). None: walk again. (set_control drops the walk: WP and NXE also
+        decide a walk.)"""
         walk = vs.half_walk
         if walk is None or walk[1] != access or walk[4] != 1 or (walk[0] ^ va) >> 12:
             return None

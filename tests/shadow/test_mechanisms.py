@@ -143,6 +143,26 @@ def test_the_second_half_of_a_pte_is_emulated_in_the_trap_never_run_on_the_hardw
     assert e.audit() == []
 
 
+def test_a_later_store_to_the_page_of_the_last_emulated_write_reuses_its_walk_while_it_holds():
+    # a simulation shortcut only: the reused record is the one a new guest walk returns
+    # (bar its va), charged as walked; once an entry it read changes, the guest is walked
+    e = booted()
+    touch(e)
+    g.write_u32(e, 0, g.kva(5) + 4, 0)          # trapped, walked, emulated
+    g.write_u32(e, 0, g.kva(5), 0)
+    vs, va = e.vs[0], g.kva(5) + 16
+    fresh = e._walkers[vs.nxe](va, g.A_WRITE, vs.gl3e, e._frame, None, vs.wp, e._p2m)
+    again = e._walk_again(vs, va, g.A_WRITE)
+    assert again is not None and again[1:] == fresh[1:] and fresh.refs == 2
+    refs, traps = e.stats["sh_guest_walk_ref"], e.stats["trap"]
+    g.write_u32(e, 0, va + 4, 0)
+    assert (e.stats["sh_guest_walk_ref"], e.stats["trap"]) == (refs + 2, traps + 1)
+    gpte = fresh.gpas[2]                        # the PTE mapping the page loses D
+    e.memory.write_u64((e._p2m[gpte >> 12] << 12) | (gpte & 0xFFF), fresh.entries[2] & ~g.D)
+    assert e._walk_again(vs, va, g.A_WRITE) is None
+    assert e.audit() == []
+
+
 def test_user_mode_write_to_a_page_table_unshadows_it_and_goes_through():
     e = booted()
     e.write(0, g.kva(6) + 8 * 7, (5 << 12) | g.P | g.RW | g.US)   # L1 5 mapped to the user
