@@ -396,7 +396,8 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         i2 = (va >> 21) & 511
         flush = self._set_sl2e(top, i2, self._sl2e_from_guest(walk.entries[1], vs.nxe, vcpu,
                                                               True))
-        sl2e = self.memory.read_u64((top.smfn << 12) | (i2 << 3))
+        words = self._frame(top.smfn)                   # the entry just set (read_u64)
+        sl2e = 0 if words is None else words[i2]
         sp = pool.by_smfn.get((sl2e & self._amask) >> 12) if sl2e & F_P else None
         idx = (va >> 12) & 511
         if sp is not None:

@@ -157,15 +157,20 @@ class ShadowOps:
 
     def _set_sl2e(self, sp: ShadowPage, idx: int, new: int) -> bool:
         """shadow_set_l2e: install `new`, moving the child shadow's reference."""
-        maddr = (sp.smfn << 12) | (idx << 3)
-        old = self.memory.read_u64(maddr)
+        words = self._frame(sp.smfn)
+        old = 0 if words is None else words[idx]
         if old == new:
             return False
         if new & F_P:
             child = self.pool.by_smfn[(new & self._amask) >> 12]
             child.refs += 1
             child.up.add((sp, idx))
-        self.memory.write_u64(maddr, new)
+        # memory.write_u64 inlined for a materialised frame and no watchers, as in _set_sl1e
+        memory = self.memory
+        if words is None or memory.watch or not 0 <= new <= U64_MASK:
+            memory.write_u64((sp.smfn << 12) | (idx << 3), new)
+        else:
+            words[idx] = new
         if old & F_P:
             child = self.pool.by_smfn[(old & self._amask) >> 12]
             if not new & F_P or (new ^ old) & self._amask:    # (not: the same child again)
