@@ -208,7 +208,8 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         else:
             i = off >> 3
             words[i] = (words[i] & ~0xFFFFFFFF) | value
-        vs.half = None
+        if half is not None:        # (the fault path sets it only when it emulates: _DONE)
+            vs.half = None
 
     def translate(self, vcpu: int, va: int, access: int = 0) -> int:
         if va >= HYPERVISOR_VIRT_START:
