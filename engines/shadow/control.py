@@ -78,9 +78,11 @@ class ControlOps:
                 tops[i] = self._get_top(vcpu, k[0], k[1])
         self._load_tops(vcpu, tops)
 
+    # Each operation below is a trap of its own: it ends the emulation that caught the first
+    # half of a PTE (vs.half), so the other half, if it comes after, traps again.
     def write_cr3(self, vcpu: int, cr3: int) -> None:
         vs = self.vs[vcpu]
-        vs.up = True
+        vs.up, vs.half = True, None
         self.charge(vcpu, "trap")
         self.charge(vcpu, "sh_cr3")
         gl3e = self._read_pdptes(vcpu, cr3)
@@ -90,14 +92,16 @@ class ControlOps:
 
     # -- other privileged operations -------------------------------------------------------------
     def invlpg(self, vcpu: int, va: int) -> None:
-        self.vs[vcpu].up = True
+        vs = self.vs[vcpu]
+        vs.up, vs.half = True, None
         self.charge(vcpu, "trap")
         self.charge(vcpu, "sh_invlpg")
         self._resync_all(vcpu)
         self.cpus[vcpu].invlpg(va)
 
     def flush_tlb(self, vcpu: int, include_global: bool = False) -> None:
-        self.vs[vcpu].up = True
+        vs = self.vs[vcpu]
+        vs.up, vs.half = True, None
         self.charge(vcpu, "trap")
         self.charge(vcpu, "tlb_flush")
         self._resync_all(vcpu)
@@ -106,7 +110,7 @@ class ControlOps:
     def set_control(self, vcpu: int, *, pg: bool | None = None, wp: bool | None = None,
                     pge: bool | None = None, nxe: bool | None = None) -> None:
         vs = self.vs[vcpu]
-        vs.up = True
+        vs.up, vs.half = True, None
         vs.half_walk = None                 # (a guest walk depends on WP, NXE and PG)
         cpu = self.cpus[vcpu]
         if nxe is not None:

@@ -27,6 +27,7 @@ from engines.hw import A_USER, A_WRITE
 
 from .accounting import SH_EMULATE
 from .modes import F_P
+from .p2m import XEN_FIRST_SLOT
 from .pool import SH_L1, SH_L2H
 
 _DONE = object()          # the fault path finished the access itself (emulated)
@@ -176,9 +177,9 @@ class Emulation:
         self.charge(vcpu, "sh_emulate", 512)
         for sp in list(self.pool.by_gfn.get(gfn, ())):
             for idx, _e in self._nonzero(sp.smfn):
-                if sp.type == "l1":
+                if sp.type == SH_L1:
                     self._set_sl1e(sp, idx, 0)
-                elif not (sp.type == SH_L2H and idx >= 428):
+                elif not (sp.type == SH_L2H and idx >= XEN_FIRST_SLOT):
                     self._set_sl2e(sp, idx, 0)
         self._flush_all(vcpu)
 

@@ -22,7 +22,9 @@ entries point at the shadows of the guest's L2s (slot 3's typed l2h, with Xen's 
   that frame. A user-mode write to a page table unshadows it and goes through. The second
   half of a PTE written as two 32-bit halves is emulated in the first half's trap, as
   Xen's emulator goes on to the next instructions: it never runs on the CPU (no hardware
-  walk, no #PF) and takes the first half's guest walk while the entries that walk read
+  walk, no #PF; a trapped CR3 load, invlpg, TLB flush or CR write between the halves
+  ends that emulation, while reads and other stores do not: guestkit writes the halves
+  back to back) and takes the first half's guest walk while the entries that walk read
   are unchanged (`_walk_again`: what a new walk would find). A later trapped store to
   the same page takes that walk the same way, charged as a walk (a simulation shortcut
   only: the record is the one a new walk would return).

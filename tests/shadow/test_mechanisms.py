@@ -143,6 +143,27 @@ def test_the_second_half_of_a_pte_is_emulated_in_the_trap_never_run_on_the_hardw
     assert e.audit() == []
 
 
+@pytest.mark.parametrize("between", ["invlpg", "flush_tlb", "write_cr3", "set_control"])
+def test_a_trap_between_the_halves_ends_the_emulation_the_other_half_traps_again(between):
+    # Xen's emulator carries on only into the instructions right after the trapped one:
+    # a privileged operation between the halves is a trap of its own, so the other half
+    # runs on the CPU again, walks, faults and is emulated in a new trap
+    e = booted()
+    touch(e)
+    cpu = e.cpus[0]
+    g.write_u32(e, 0, g.kva(5) + 4, 0x12)
+    {"invlpg": lambda: e.invlpg(0, g.kva(5)),
+     "flush_tlb": lambda: e.flush_tlb(0),
+     "write_cr3": lambda: e.write_cr3(0, e.vs[0].gcr3),
+     "set_control": lambda: e.set_control(0, nxe=e.vs[0].nxe)}[between]()
+    walks, traps, emulated = cpu.walks, e.stats["trap"], e.stats["sh_emulate"]
+    g.write_u32(e, 0, g.kva(5), 0x3000 | 0x63)
+    assert cpu.walks > walks and e.stats["trap"] == traps + 1
+    assert e.stats["sh_emulate"] == emulated + 1
+    assert e._gread(5 << 12) == (0x12 << 32) | 0x3063
+    assert e.audit() == []
+
+
 def test_a_later_store_to_the_page_of_the_last_emulated_write_reuses_its_walk_while_it_holds():
     # a simulation shortcut only: the reused record is the one a new guest walk returns
     # (bar its va), charged as walked; once an entry it read changes, the guest is walked
