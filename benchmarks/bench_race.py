@@ -9,6 +9,11 @@ harness at all). Prints the speed-ups, and Ray's overhead per boot three ways:
 - the latency Ray adds to one boot sent alone: the one-boot race's time beyond the boot's
   own wall time, on Ray, less the same on the serial executor (which pays the journal and
   the manifest too).
+Beside them, Ray's floor on this machine: the CPU per task, over the same processes, of bare
+Ray streaming tasks (the shape the race must use: one streaming task per boot) that only
+wait a boot's wall time and yield one item, with no code of pae-race in them. Ray's own CPU
+per boot less that floor is what pae-race's executor adds; with `--sleeping` both are
+measured on waiting boots, like for like.
 Not a test: it prints figures.
 
 Targets (issue 4, 2-core machine): speed-up >= 1.8x; overhead per boot < 5% of a `tiny`
@@ -61,6 +66,24 @@ def sleeping_boot(cell):
     yield {"type": "result", "cell": key, "status": "ok", "reason": None,
            "milestones": stamps, "cycles": len(stamps), "counters": {}, "cycle_breakdown": {},
            "gauges": {}}
+
+
+def bare_stream(pause: float):
+    """Ray's floor: a streaming task that only waits and yields one small item."""
+    time.sleep(pause)
+    yield [None]
+
+
+def ray_floor(n: int, pause: float) -> float:
+    """CPU seconds per task, over this process and every process it started, of `n` bare
+    streaming tasks that wait `pause` seconds each, submitted at once and read in order."""
+    import ray
+    task = ray.remote(num_cpus=1)(bare_stream)
+    cpu0 = process_cpu(os.getpid())
+    for gen in [task.remote(pause) for _ in range(n)]:
+        for ref in gen:
+            ray.get(ref)
+    return cpu_spent(cpu0, process_cpu(os.getpid())) / n
 
 
 def timed_race(executor, race, catalog, out: str) -> tuple[float, list[dict]]:
@@ -128,17 +151,17 @@ def main() -> None:
                     help="boots that only wait (Ray's own cost, immune to CPU contention)")
     args = ap.parse_args()
     catalog = Catalog.installed()
+    import sys
+    from ray import cloudpickle
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers may not import it
     if args.sleeping:
-        import sys
         from dataclasses import replace
-        from ray import cloudpickle
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
         catalog = replace(catalog, run_boot=sleeping_boot)
     race = parse_spec(spec_text(args.boots, args.profile), "bench.yaml", catalog)
     n = len(race.cells)
     out = tempfile.mkdtemp(prefix="bench-race-")
     load0 = os.getloadavg()[0]
-    serial_runs, ray_runs, pool_runs, alone = [], [], [], []
+    serial_runs, ray_runs, pool_runs, alone, floors = [], [], [], [], []
     me = os.getpid()
 
     pool = None if args.sleeping else ProcessPoolExecutor(2, mp_context=get_context("spawn"))
@@ -161,6 +184,9 @@ def main() -> None:
             ray_runs.append((elapsed, timings, ray_cpu))
             if pool:
                 pool_runs.append(pool_race(pool, race.cells))
+            pause = SLEEPING_BURSTS[0][0] if args.sleeping else \
+                statistics.median(t["wall_s"] for t in serial_runs[0][1])
+            floors.append(ray_floor(n, pause))
         for cell in race.cells[: args.alone]:
             one = parse_spec(spec_text(2, args.profile), "one.yaml", catalog)
             one.cells, one.labels = [cell], race.labels
@@ -183,6 +209,7 @@ def main() -> None:
     ray_cpu = statistics.median(r[2] for r in ray_runs) / n
     harness_cpu = statistics.median(r[2] for r in serial_runs) / n
     own_cpu = ray_cpu - harness_cpu
+    floor = statistics.median(floors)
     latency = statistics.median(a - s for a, s in alone)
     round_trip = statistics.median(a for a, _ in alone)
     harness_one = statistics.median(s for _, s in alone)
@@ -207,6 +234,12 @@ def main() -> None:
         ["  = all processes of the Ray run, less the harness",
          f"{ray_cpu * 1000:.1f} ms - {harness_cpu * 1000:.1f} ms (the serial race's CPU "
          f"outside the boots: journal, progress)"],
+        ["  Ray's floor: a bare streaming task (median)",
+         f"{floor * 1000:.1f} ms = {floor / boot_wall:.1%} of a boot's wall (waits a boot's "
+         f"wall, yields one item; no pae-race code)"],
+        ["  pae-race's part: own CPU less the floor",
+         f"{(own_cpu - floor) * 1000:.1f} ms" + ("" if args.sleeping else
+                                                 " (own CPU under contention: see --sleeping)")],
         ["Ray overhead per boot, CPU lost in the parallel run",
          f"{cpu_overhead * 1000:.1f} ms = {cpu_overhead / boot_wall:.1%} of a boot"],
         ["Ray overhead per boot, one boot alone (median)",
