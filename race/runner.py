@@ -244,10 +244,11 @@ class RayExecutor:
         for key, value in LOCAL_ENV.items():       # read by the processes Ray starts
             if key not in os.environ:
                 self._setenv(key, value)
+        # a copy: ray.init writes this run's spilling directory into the dict it is given
         ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count(),
                  include_dashboard=False, log_to_driver=False,
                  object_store_memory=OBJECT_STORE_BYTES, _temp_dir=self.tmp,
-                 logging_level=logging.WARNING, _system_config=LOCAL_SYSTEM_CONFIG)
+                 logging_level=logging.WARNING, _system_config=dict(LOCAL_SYSTEM_CONFIG))
         node = getattr(ray._private.worker, "_global_node", None)   # private: best effort
         for name in LOCAL_KILLED:
             try:

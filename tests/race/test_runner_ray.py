@@ -3,6 +3,7 @@ streamed while boots run, and the embedded instance's settings (reference/ray.md
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -140,3 +141,35 @@ def test_a_worker_that_dies_for_good_is_a_lost_boot_and_the_race_goes_on(tmp_pat
     assert by_seed[2]["status"] == "broken"
     assert by_seed[2]["reason"].startswith("lost: ") and "retries exhausted" in by_seed[2]["reason"]
     assert [t.get("lost", False) for t in res.timings if t["cell"] == race.cells[1].key()] == [True]
+
+
+def test_a_second_embedded_ray_in_one_process_starts_from_the_same_settings(monkeypatch):
+    """ray.init writes its object-spilling settings into the _system_config it is given: the
+    module's LOCAL_SYSTEM_CONFIG must not be that dict, or a second embedded Ray in the same
+    process (a notebook, the tests after the cluster ones) would spill into the first run's
+    deleted temp dir, with a warning on stderr."""
+    import types
+    from race import runner
+    before = dict(runner.LOCAL_SYSTEM_CONFIG)
+    seen = []
+
+    def fake_init(**kw):             # what Ray 2.60's ray.init does to _system_config
+        seen.append(dict(kw["_system_config"]))
+        kw["_system_config"]["object_spilling_config"] = f'{{"directory": "{kw["_temp_dir"]}"}}'
+
+    fake_ray = types.SimpleNamespace(init=fake_init, _private=types.SimpleNamespace(
+        worker=types.SimpleNamespace(_global_node=None)))
+    monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
+    for _ in range(2):
+        ex = RayExecutor(num_cpus=2)
+        try:
+            ex._start_local(fake_ray)
+        finally:
+            for k, v in ex.saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            shutil.rmtree(ex.tmp, ignore_errors=True)
+        assert runner.LOCAL_SYSTEM_CONFIG == before
+    assert seen[0] == before and seen[1] == before    # each init gets the settings afresh
