@@ -6,14 +6,16 @@ kernel_entry, paging_on, direct_map, smp_online, init_exec, single_user, multius
     milestones:
       - {name: init_exec, event: exec, match: {path: /sbin/init}, doc: "..."}
 
-A user-supplied ladder is validated: unknown keys, duplicate names, events the guest never
-emits, and malformed matches are refused with one line naming file, key, value and choices.
+A user-supplied ladder is validated like a race spec: unknown keys, duplicate names, events
+the guest never emits, match keys the event does not carry and match values the guest never
+emits (`DATA_VALUES`) are each refused with one line naming file, line, key, value and the
+choices, every mistake at once, in line order (`LadderError.lines`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -26,10 +28,39 @@ GUEST_EVENTS: dict[str, tuple[str, ...]] = {
     "kernel_entry": (), "paging_on": (), "direct_map": (), "allocators": (),
     "smp_online": ("vcpus",), "kthreads_started": ("count",), "exec": ("path", "place"),
     "rc_done": ("runlevel",), "getty_waiting": ("count", "of", "all")}
+RUNLEVELS = ("S", "2")              # guestkit's init runs rcS, then rc2 (guestkit/workload.py)
+
+
+def _int_from(low: int, high: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: (isinstance(v, int) and not isinstance(v, bool) and low <= v
+                      and (high is None or v <= high))
+
+
+# the values each datum can take (a match on any other value never happens, and the boot
+# would end as a DNF): predicate and the choices an error names
+DATA_VALUES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("smp_online", "vcpus"): (_int_from(1, 32), "integers 1..32, the boot's VCPU count"),
+    ("kthreads_started", "count"): (_int_from(0), "integers >= 0, the profile's kthreads"),
+    ("exec", "path"): (lambda v: isinstance(v, str) and v.startswith("/"),
+                       "an absolute path, e.g. /sbin/init"),
+    ("exec", "place"): (lambda v: isinstance(v, str) and bool(v),
+                        "a task's place, e.g. rcS or getty0"),
+    ("rc_done", "runlevel"): (lambda v: isinstance(v, str) and v in RUNLEVELS,
+                              ", ".join(map(repr, RUNLEVELS)) + "; quote a digit"),
+    ("getty_waiting", "count"): (_int_from(1), "integers >= 1"),
+    ("getty_waiting", "of"): (_int_from(1), "integers >= 1, the profile's gettys"),
+    ("getty_waiting", "all"): (lambda v: isinstance(v, bool), "true, false"),
+}
+TOP_KEYS = ("name", "description", "milestones")
+MILESTONE_KEYS = ("name", "event", "match", "doc")
 
 
 class LadderError(ValueError):
-    """A ladder that cannot be used."""
+    """A ladder that cannot be used; `.lines` holds one message per mistake."""
+
+    def __init__(self, lines: str | list[str]):
+        self.lines = [lines] if isinstance(lines, str) else list(lines)
+        super().__init__("\n".join(self.lines))
 
 
 @dataclass(frozen=True)
@@ -69,50 +100,136 @@ def _resolve(name_or_path: str) -> Path:
 
 
 def load_ladder(name_or_path: str = "default") -> Ladder:
+    """The ladder, or LadderError with one line per mistake, in line order."""
     path = _resolve(name_or_path)
-    try:
-        doc = yaml.load(path.read_text(), Loader=_SAFE_LOADER)   # libyaml's when present
-    except yaml.MarkedYAMLError as e:
-        line = f" line {e.problem_mark.line + 1}:" if e.problem_mark else ""
-        raise LadderError(f"{path}:{line} not valid YAML: {e.problem}") from None
-    except yaml.YAMLError as e:
-        raise LadderError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    doc, lines = _compose(path.read_text(), str(path))
+    ck = _Checker(str(path), lines)
     if not isinstance(doc, dict):
-        raise LadderError(f"{path}: the top level must be a mapping")
-    for key in doc:
-        if key not in ("name", "milestones", "description"):
-            raise LadderError(f"{path}: key {key!r} unknown (allowed: name, milestones, "
-                              f"description)")
+        raise LadderError(f"{path}:1: the top level must be a mapping with keys "
+                          f"{', '.join(TOP_KEYS)}")
+    ck.unknown_keys((), doc, TOP_KEYS)
     items = doc.get("milestones")
     if not isinstance(items, list) or not items:
-        raise LadderError(f"{path}: key 'milestones': value {items!r} must be a non-empty list")
-    out, seen = [], set()
+        ck.error(("milestones",), items, "must be a non-empty list of milestones")
+        items = []
+    out: list[Milestone] = []
+    seen: dict[str, int] = {}                       # milestone name -> its line
     for i, item in enumerate(items):
-        where = f"{path}: milestones[{i}]"
-        if not isinstance(item, dict):
-            raise LadderError(f"{where}: value {item!r} must be a mapping")
-        extra = set(item) - {"name", "event", "match", "doc"}
-        if extra:
-            raise LadderError(f"{where}: key {sorted(extra)[0]!r} unknown (allowed: name, "
-                              f"event, match, doc)")
-        name, event = item.get("name"), item.get("event")
-        if not isinstance(name, str) or not name:
-            raise LadderError(f"{where}: key 'name': value {name!r} must be a non-empty string")
-        if name in seen:
-            raise LadderError(f"{where}: key 'name': value {name!r} is used twice")
-        if event not in GUEST_EVENTS:
-            raise LadderError(f"{where}: key 'event': value {event!r} not allowed "
-                              f"(allowed: {', '.join(GUEST_EVENTS)})")
-        match = item.get("match", {})
-        if not isinstance(match, dict):
-            raise LadderError(f"{where}: key 'match': value {match!r} must be a mapping")
-        carried = GUEST_EVENTS[event]
-        for k, v in match.items():
-            if k not in carried:
-                allowed = (f"allowed keys: {', '.join(carried)}" if carried
-                           else "it carries no data to match")
-                raise LadderError(f"{where}: key 'match.{k}': value {v!r} not allowed for "
-                                  f"event {event!r} ({allowed})")
-        seen.add(name)
-        out.append(Milestone(name, event, dict(match), str(item.get("doc", ""))))
+        milestone = _milestone(ck, ("milestones", i), item, seen)
+        if milestone is not None:
+            out.append(milestone)
+    if ck.errors:
+        raise LadderError(ck.sorted())
     return Ladder(str(doc.get("name", path.stem)), tuple(out), str(path))
+
+
+def _milestone(ck: "_Checker", p: tuple, item: Any, seen: dict[str, int]) -> Milestone | None:
+    if not isinstance(item, dict):
+        ck.error(p, item, f"must be a mapping with keys {', '.join(MILESTONE_KEYS)}")
+        return None
+    before = len(ck.errors)
+    ck.unknown_keys(p, item, MILESTONE_KEYS)
+    name, event = item.get("name"), item.get("event")
+    if not isinstance(name, str) or not name:
+        ck.error(p + ("name",), name, "must be a non-empty string")
+    elif name in seen:
+        ck.error(p + ("name",), name, f"is used twice (first at line {seen[name]})")
+    else:
+        seen[name] = ck.line(p + ("name",))
+    if ck.choice(p + ("event",), event, list(GUEST_EVENTS)):
+        match = item.get("match", {})
+        if isinstance(match, dict):
+            _match(ck, p + ("match",), event, match)
+        else:
+            ck.error(p + ("match",), match, "must be a mapping of the event's data keys "
+                                            f"({', '.join(GUEST_EVENTS[event]) or 'none'})")
+    if len(ck.errors) > before:
+        return None
+    return Milestone(name, event, dict(item.get("match", {})), str(item.get("doc", "")))
+
+
+def _match(ck: "_Checker", p: tuple, event: str, match: dict) -> None:
+    """Each key one the event carries, each value one the guest can emit."""
+    carried = GUEST_EVENTS[event]
+    for key, value in match.items():
+        if key not in carried:
+            allowed = (f"allowed keys: {', '.join(carried)}" if carried
+                       else "it carries no data to match")
+            ck.error(p + (key,), value, f"is not allowed: event {event!r} carries no key "
+                                        f"{key!r} ({allowed})")
+            continue
+        ok, choices = DATA_VALUES[event, key]
+        if not ok(value):
+            ck.error(p + (key,), value, f"can never match event {event!r} (choices: "
+                                        f"{choices})")
+
+
+# -- YAML with line numbers ---------------------------------------------------------------
+def _compose(text: str, filename: str) -> tuple[Any, dict[tuple, int]]:
+    """The document and the 1-based line of every key path, e.g. ('milestones', 2, 'match')."""
+    loader = _SAFE_LOADER(text)                    # libyaml's when present
+    try:
+        node = loader.get_single_node()
+        doc = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise LadderError(f"{filename}:{mark.line + 1 if mark else 1}: not valid YAML: "
+                          f"{problem}") from None
+    finally:
+        loader.dispose()
+    lines: dict[tuple, int] = {}
+
+    def walk(n, path):
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                lines[path + (k.value,)] = k.start_mark.line + 1
+                walk(v, path + (k.value,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                walk(v, path + (i,))
+    if node is not None:
+        walk(node, ())
+    return doc, lines
+
+
+class _Checker:
+    """Collects one line per mistake: file:line: key: value ... (choices)."""
+
+    def __init__(self, filename: str, lines: dict[tuple, int]):
+        self.filename, self.lines = filename, lines
+        self.errors: list[tuple[int, str]] = []
+
+    def line(self, path: tuple) -> int:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+    def _add(self, path: tuple, text: str) -> None:
+        self.errors.append((self.line(path), f"{self.filename}:{self.line(path)}: "
+                                             f"{_dotted(path)}: {text}"))
+
+    def error(self, path: tuple, value: Any, why: str) -> None:
+        self._add(path, f"value {value!r} {why}")
+
+    def choice(self, path: tuple, value: Any, choices: list) -> bool:
+        if isinstance(value, str) and value in choices:
+            return True
+        self.error(path, value, f"is not allowed (choices: {', '.join(choices)})")
+        return False
+
+    def unknown_keys(self, path: tuple, mapping: dict, allowed: tuple) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self._add(path + (key,), f"unknown key (allowed: {', '.join(allowed)})")
+
+    def sorted(self) -> list[str]:
+        return [text for _, text in sorted(self.errors, key=lambda e: e[0])]
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out

@@ -16,7 +16,7 @@ import pytest
 from engines.api import DomainSpec, load_cost_table
 from engines.native import NativeEngine
 from guestkit import Guest, load_profile
-from milestones.ladder import GUEST_EVENTS
+from milestones.ladder import DATA_VALUES, GUEST_EVENTS, RUNLEVELS
 from race.boot import BootCell, run_boot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +108,18 @@ def test_the_guest_emits_every_event_a_ladder_may_name():
     assert set(seen) == set(GUEST_EVENTS)
     # ... with exactly the data keys a ladder's match may name
     assert {e: keys for e, keys in seen.items()} == {e: {k} for e, k in GUEST_EVENTS.items()}
+
+
+def test_every_datum_the_guest_emits_is_a_value_a_ladder_may_match():
+    """milestones.ladder.DATA_VALUES admits what guestkit emits (so a ladder refused as
+    impossible really is), and the runlevels are exactly those init runs."""
+    seen: list[tuple[str, dict]] = []
+    engine = NativeEngine(DomainSpec(vcpus=2, memory_mib=64), load_cost_table())
+    Guest(engine, load_profile("tiny"), emit=lambda e, v, d: seen.append((e, dict(d)))).boot()
+    for event, data in seen:
+        for key, value in data.items():
+            assert DATA_VALUES[event, key][0](value), (event, key, value)
+    assert {d["runlevel"] for e, d in seen if e == "rc_done"} == set(RUNLEVELS)
 
 
 def test_a_boot_in_another_process_with_another_hash_seed_gives_the_same_record():
