@@ -9,6 +9,7 @@ seed finished `ok` may win a milestone.
 """
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ class Job:
     label: str
     engine: str
     point: tuple
+    ident: str = ""          # the configuration minus the seed: the same job in any race
     keys: list[str] = field(default_factory=list)        # one per seed, plan order
     records: dict[str, dict] = field(default_factory=dict)
 
@@ -68,8 +70,9 @@ class Board:
         for c in cells:
             cfg = c["config"]
             name = namer(cfg, c["label"])
+            ident = json.dumps({k: v for k, v in cfg.items() if k != "seed"}, sort_keys=True)
             job = self.jobs.setdefault(name, Job(name, c["label"], cfg["engine"],
-                                                 tuple(cfg.get(a) for a in POINT_AXES)))
+                                                 tuple(cfg.get(a) for a in POINT_AXES), ident))
             job.keys.append(c["key"])
             self.job_of[c["key"]] = job
         self.records = {r["cell"]: r for r in results.records}
@@ -88,9 +91,12 @@ class Board:
         return sorted(seen, key=lambda m: seen[m])
 
     # -- time --------------------------------------------------------------------------------
-    def us(self, key: str, cycles: int) -> float:
+    def _mhz(self, key: str) -> float | None:
         cfg = self.records[key]["config"]
-        mhz = self.mhz.get(costs_key(cfg["costs"], cfg.get("cost_overrides", {})))
+        return self.mhz.get(costs_key(cfg["costs"], cfg.get("cost_overrides", {})))
+
+    def us(self, key: str, cycles: int) -> float:
+        mhz = self._mhz(key)
         return cycles / mhz if mhz else float(cycles)
 
     def has_mhz(self) -> bool:
@@ -125,16 +131,20 @@ class Board:
 
     def race_at(self, point: tuple, milestone: str) -> dict:
         """Winner among the hypervisors that finished every seed (bare hardware only when
-        none did), runner-up, margin, and the reference's time beside them."""
+        none did), runner-up, margin, and the reference's time beside them. Margins come
+        as a ratio (None when the winner's time is 0: PV guests start with paging on) and
+        as an absolute gap: `margin_us` in the board's unit, `margin_cycles` in the
+        winner's clock cycles; `vs_reference_us` likewise beside `vs_reference`."""
         jobs = self.jobs_at(point)
         finishers = [j for j in jobs if j.eligible and self.stat(j, milestone).median is not None]
         contenders = [j for j in finishers if not j.reference] or finishers
         ranked = sorted((self.stat(j, milestone).median, j.name) for j in contenders)
         ref = next((j for j in jobs if j.reference), None)
         out = {"milestone": milestone, "winner": None, "tie": [], "time_us": None,
-               "runner_up": None, "margin": None, "reference": ref.name if ref else None,
+               "runner_up": None, "margin": None, "margin_us": None, "margin_cycles": None,
+               "reference": ref.name if ref else None,
                "reference_us": self.stat(ref, milestone).median if ref else None,
-               "vs_reference": None}
+               "vs_reference": None, "vs_reference_us": None}
         if not ranked:
             return out
         best = ranked[0][0]
@@ -145,11 +155,21 @@ class Board:
         else:
             out["winner"] = tied[0]
             if len(ranked) > 1:
+                gap = ranked[1][0] - best
                 out.update(runner_up=ranked[1][1],
-                           margin=ranked[1][0] / best - 1 if best else None)
-        if out["reference_us"] and out["reference"] not in tied:
-            out["vs_reference"] = best / out["reference_us"] - 1
+                           margin=ranked[1][0] / best - 1 if best else None,
+                           margin_us=gap, margin_cycles=self.cycles(self.jobs[tied[0]], gap))
+        if out["reference_us"] is not None and out["reference"] not in tied:
+            out["vs_reference_us"] = best - out["reference_us"]
+            if out["reference_us"]:
+                out["vs_reference"] = best / out["reference_us"] - 1
         return out
+
+    def cycles(self, job: Job, us: float) -> int:
+        """A span of simulated time in `job`'s clock cycles (the board's unit is cycles
+        already when no MHz is known)."""
+        mhz = self._mhz(next(iter(job.records))) if job.records else None
+        return round(us * mhz) if mhz else round(us)
 
     def point_name(self, point: tuple) -> str:
         varying = [i for i, a in enumerate(POINT_AXES) if len({p[i] for p in self.points}) > 1]

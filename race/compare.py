@@ -1,10 +1,13 @@
 """Comparison with a baseline race, as asv compares benchmarks (reference/ray.md §4).
 
-Jobs are matched by name, seeds by number. A change is *significant* when every shared seed
-moves the same way (the simulation is exact, so a lone seed's change is real too); asv's
-marks: `+` slower, `-` faster, blank unchanged, `~` before the ratio when not significant,
-`x` incomparable, `!` reached on the baseline but not now (REGR.). `--fail-on
-multiuser:+5%` turns a significant slow-down beyond 5% (or a REGR.) into exit status 1.
+Jobs are matched by configuration (engine, options and matrix axes, seed excluded), seeds
+by number. A change is *significant* when every shared seed moves the same way (the
+simulation is exact, so a lone seed's change is real too); asv's marks: `+` slower, `-`
+faster, blank unchanged, `~` before the ratio when not significant, `x` incomparable (a job
+new in this race, a milestone reached only now or never), `!` reached on the baseline but
+not now (REGR.), as is every milestone a baseline job reached when this race lacks the job
+or recorded none of its boots. `--fail-on multiuser:+5%` turns a significant slow-down
+beyond 5% (or a REGR.) into exit status 1.
 """
 from __future__ import annotations
 
@@ -39,13 +42,29 @@ def _by_seed(board: Board, job: Job, milestone: str) -> dict[int, float | None]:
 
 
 def compare(base: Board, new: Board) -> list[dict]:
+    """One row per job and milestone of either race. Jobs are matched by configuration (a
+    job's name depends on what else is in its race); a baseline job this race lacks is
+    compared as reaching nothing, so `--fail-on` sees it; a job new in this race is shown
+    as new."""
     ladder = list(dict.fromkeys(new.ladder + base.ladder))
+    base_of = {j.ident: j for j in base.jobs.values()}
     rows = []
-    for name, job in new.jobs.items():
-        bjob = base.jobs.get(name)
-        for m in ladder:
-            rows.append(_row(base, new, bjob, job, m))
+    for job in new.jobs.values():
+        bjob = base_of.pop(job.ident, None)
+        rows += [_row(base, new, bjob, job, m) for m in ladder]
+    for bjob in base_of.values():
+        rows += [_missing_row(base, bjob, m) for m in ladder]
     return rows
+
+
+def _missing_row(base: Board, bjob: Job, m: str, why: str = "job not in this race") -> dict:
+    """A baseline job with no boot in this race: each milestone it reached is lost."""
+    before = [v for v in _by_seed(base, bjob, m).values() if v is not None]
+    row = {"job": bjob.name, "milestone": m, "before": None, "after": None, "ratio": None,
+           "significant": False, "mark": "", "note": f"never reached; {why}"}
+    if before:
+        row.update(before=statistics.median(before), mark="!", note=f"REGR. missing ({why})")
+    return row
 
 
 def _row(base: Board, new: Board, bjob: Job | None, job: Job, m: str) -> dict:
@@ -55,8 +74,11 @@ def _row(base: Board, new: Board, bjob: Job | None, job: Job, m: str) -> dict:
     a_vals = [v for v in after.values() if v is not None]
     row["after"] = statistics.median(a_vals) if a_vals else None
     if bjob is None:
-        row["note"] = "baseline untested"
+        row["note"] = "new job (not in the baseline)"
         return row
+    if not after:
+        why = "no boot recorded in this race"
+        return {**_missing_row(base, bjob, m, why), "job": job.name}
     before = _by_seed(base, bjob, m)
     b_vals = [v for v in before.values() if v is not None]
     row["before"] = statistics.median(b_vals) if b_vals else None

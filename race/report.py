@@ -177,10 +177,10 @@ def _verdict(b: Board, doc: dict) -> str:
             continue
         where = "" if section["point"] == "all" else f" {section['point']}"
         if last["winner"]:
-            margin = f", {_pct(last['margin'])} over {last['runner_up']}" \
-                if last["margin"] is not None else ""
-            ref = f", {_pct(last['vs_reference'])} vs {last['reference']}" \
-                if last["vs_reference"] is not None else ""
+            margin = _margin(last, doc["unit_us"])
+            margin = f", {margin} over {last['runner_up']}" if last["runner_up"] else ""
+            ref = _vs_reference(last, doc["unit_us"])
+            ref = f", {ref} vs {last['reference']}" if ref else ""
             parts.append(f"{last['milestone']}{where}: {last['winner']}{margin}{ref}")
         elif last["tie"]:
             parts.append(f"{last['milestone']}{where}: tie of {', '.join(last['tie'])}")
@@ -198,6 +198,23 @@ def _verdict(b: Board, doc: dict) -> str:
     if missing:
         tail += f", {missing} not run ({h['status']})"
     return f"race {h['race']}: " + "; ".join(parts + [tail])
+
+
+def _margin(row: dict, unit_us: bool) -> str:
+    """The winner's lead over the runner-up: a ratio, or the gap itself when the winner's
+    time is 0 (a ratio against 0 means nothing)."""
+    if row["runner_up"] is None:
+        return "uncontested" if row["winner"] else ""
+    return _pct(row["margin"]) if row["margin"] is not None else \
+        "+" + _num(row["margin_us"], unit_us)
+
+
+def _vs_reference(row: dict, unit_us: bool) -> str:
+    """The best time against bare hardware: a ratio, or the gap when either time is 0."""
+    if row["time_us"] and row["vs_reference"] is not None:
+        return _pct(row["vs_reference"])
+    gap = row["vs_reference_us"]
+    return "" if not gap else ("+" if gap > 0 else "-") + _num(abs(gap), unit_us)
 
 
 def _pct(x: float | None) -> str:
@@ -343,9 +360,7 @@ def _leader_table(section: dict, unit, tf: str, md: bool) -> str:
                 s += " †"
             cells.append(s)
         win = r["winner"] or (f"tie ({len(r['tie'])})" if r["tie"] else "no finisher")
-        margin = (_pct(r["margin"]) if r["margin"] is not None else
-                  ("uncontested" if r["winner"] else ""))
-        vs = _pct(r["vs_reference"])
+        margin, vs = _margin(r, unit), _vs_reference(r, unit)
         rows.append([r["milestone"], *cells, win, margin, vs])
     headers = ["milestone", *[_col(lbl, md) for lbl in labels], "winner",
                "margin" if md else "margin\n(vs 2nd)", f"vs {REFERENCE_ENGINE}" if md else f"winner\nvs {REFERENCE_ENGINE}"]
