@@ -6,11 +6,13 @@ simulation is exact, so a lone seed's change is real too); asv's marks: `+` slow
 faster, blank unchanged, `~` before the ratio when not significant, `x` incomparable (a job
 new in this race, a milestone reached only now or never), `!` reached on the baseline but
 not now (REGR.), as is every milestone a baseline job reached when this race lacks the job
-or recorded none of its boots. `--fail-on multiuser:+5%` turns a significant slow-down
-beyond 5% (or a REGR.) into exit status 1.
+or recorded none of its boots. A milestone reached at 0 on the baseline (a PV guest's
+paging_on) and later now has no ratio but is a slow-down beyond any threshold. `--fail-on
+multiuser:+5%` turns a significant slow-down beyond 5% (or a REGR.) into exit status 1.
 """
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from dataclasses import dataclass
@@ -86,7 +88,7 @@ def _row(base: Board, new: Board, bjob: Job | None, job: Job, m: str) -> dict:
         row["note"] = "like baseline (never reached)" if before else "never reached"
         return row
     lost = {s for s, v in after.items() if v is None and before.get(s) is not None}
-    if lost:
+    if lost or (b_vals and not a_vals):      # (or the seeds differ and none reached it)
         row.update(mark="!", note="REGR." if not a_vals else
                    f"REGR. flaky (reached in {len(a_vals)}/{len(after)} seeds)")
         return row
@@ -100,14 +102,27 @@ def _row(base: Board, new: Board, bjob: Job | None, job: Job, m: str) -> dict:
     row["significant"] = bool(pairs) and len(signs) == 1 and 0 not in signs
     if len(a_vals) < len(after):
         row["note"] = f"like baseline (reached in {len(a_vals)}/{len(after)} seeds)"
-    r = row["ratio"]
-    if r is None or abs(r - 1) < MARK_FACTOR:
-        row["mark"] = ""
-    elif row["significant"]:
-        row["mark"] = "+" if r > 1 else "-"
-    else:
-        row["mark"] = "~"
+    row["mark"] = _mark(_slowdown(row), row["significant"])
+    if row["before"] == 0 and row["after"]:
+        row["note"] = "at 0 on the baseline, later now" + (f"; {row['note']}" if row["note"]
+                                                          else "")
     return row
+
+
+def _mark(r: float | None, significant: bool) -> str:
+    if r is None or abs(r - 1) < MARK_FACTOR:
+        return ""
+    if significant:
+        return "+" if r > 1 else "-"
+    return "~"
+
+
+def _slowdown(row: dict) -> float | None:
+    """after / before; infinite when a milestone reached at time 0 (a PV guest's
+    paging_on) is reached later now: no ratio, but a slow-down all the same."""
+    if row["ratio"] is None and row["before"] == 0 and row["after"]:
+        return math.inf
+    return row["ratio"]
 
 
 def verdict(rows: list[dict]) -> str:
@@ -129,7 +144,8 @@ def failures(rows: list[dict], rules: list[FailOn]) -> list[str]:
             if r["mark"] == "!":
                 out.append(f"{r['job']} {r['milestone']}: {r['note']} vs baseline "
                            f"(--fail-on {rule.milestone}:+{rule.threshold:.0%})")
-            elif r["significant"] and r["ratio"] and r["ratio"] - 1 > rule.threshold:
-                out.append(f"{r['job']} {r['milestone']}: {r['ratio'] - 1:+.1%} slower "
+            elif r["significant"] and (_slowdown(r) or 0) - 1 > rule.threshold:
+                how = (f"{r['ratio'] - 1:+.1%} slower" if r["ratio"] else r["note"])
+                out.append(f"{r['job']} {r['milestone']}: {how} "
                            f"(--fail-on {rule.milestone}:+{rule.threshold:.1%})")
     return out

@@ -131,3 +131,44 @@ def test_uncontested_means_a_single_hypervisor_reached_the_milestone(tmp_path, c
     for r in one["rows"]:
         if r["winner"]:
             assert r["runner_up"] and r["margin_cycles"] > 0 and r["margin"] > 0
+
+
+def test_a_milestone_reached_at_zero_on_the_baseline_and_later_now_is_a_slowdown(
+        tmp_path, catalog, capsys):
+    base, new = _races(tmp_path, catalog, SPEC, SPEC)
+    path = base / "records.jsonl"
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    for rec in recs:
+        if rec["cell"].startswith("paravirt[strategy=walk]/tiny/1v/"):
+            for s in rec["milestones"][:2]:                 # kernel_entry, paging_on
+                s["cycles"] = 0
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    doc = build(load_results(new), load_results(base), [cli.FailOn.parse("paging_on:+5%")])
+    row = next(r for r in doc["comparison"]["rows"]
+               if (r["job"], r["milestone"]) == ("paravirt(walk) tiny 1v", "paging_on"))
+    assert (row["before"], row["ratio"], row["mark"]) == (0, None, "+")
+    assert row["note"] == "at 0 on the baseline, later now"
+    assert doc["comparison"]["failures"] == [
+        "paravirt(walk) tiny 1v paging_on: at 0 on the baseline, later now "
+        "(--fail-on paging_on:+5.0%)"]
+    assert cli.main(["report", str(new), "--baseline", str(base), "--fail-on",
+                     "paging_on:+5%"]) == 1
+    assert "PERFORMANCE DECREASED" in capsys.readouterr().out
+    # the other way round it is a speed-up, and still no ratio against 0
+    doc = build(load_results(base), load_results(new))
+    row = next(r for r in doc["comparison"]["rows"]
+               if (r["job"], r["milestone"]) == ("paravirt(walk) tiny 1v", "paging_on"))
+    assert (row["after"], row["ratio"], row["mark"]) == (0, 0.0, "-")
+
+
+def test_other_seeds_that_never_reach_a_milestone_the_baseline_reached_are_a_regression(
+        tmp_path, catalog):
+    # `buggy` breaks at direct_map on seed 2 only: seed 1 reached it on the baseline
+    base, new = _races(tmp_path, catalog, SPEC.replace("seeds: [1, 2]", "seeds: [1]"),
+                       SPEC.replace("seeds: [1, 2]", "seeds: [2]"))
+    doc = build(load_results(new), load_results(base), [cli.FailOn.parse("direct_map:+5%")])
+    row = next(r for r in doc["comparison"]["rows"]
+               if (r["job"], r["milestone"]) == ("native buggy 1v", "direct_map"))
+    assert (row["mark"], row["note"]) == ("!", "REGR.")
+    assert "native buggy 1v direct_map: REGR. vs baseline (--fail-on direct_map:+5%)" in \
+        doc["comparison"]["failures"]
