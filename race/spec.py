@@ -20,8 +20,10 @@
         cost_overrides: {trap: 4000}
 
 An option or axis given as a list is an axis of the race; a scalar is one value. Every
-mistake is reported, one line each, naming file, line, key, value and the allowed choices
-(`SpecError`, exit status 2 at the CLI). An engine the spec names that is not installed
+mistake is reported, one line each in line order, naming file, line, key, value and the
+allowed choices (`SpecError`, exit status 2 at the CLI), including what a boot would refuse
+when it is built: the limits of `DomainSpec`, each engine's `machine_memory_range` and
+`min_pool_pages`, and ladder or cost-table files with mistakes of their own. An engine the spec names that is not installed
 yet is skipped with a note, so each engine joins the race the day it lands.
 """
 from __future__ import annotations
@@ -34,6 +36,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
+
+from engines.api.contract import LOWMEM_MIB, MAX_VCPUS, DomainSpec
+from milestones import load_ladder
 
 SPEC_DIR = Path(__file__).with_name("specs")
 AXES = ("profile", "vcpus", "memory_mib", "machine_memory_mib", "flush_filter")
@@ -161,30 +166,36 @@ class _Checker:
     """Collects one line per mistake: file:line: key: value ... (choices)."""
 
     def __init__(self, filename: str, lines: dict[tuple, int]):
-        self.filename, self.lines, self.errors = filename, lines, []
+        self.filename, self.lines = filename, lines
+        self.errors: list[tuple[int, str]] = []          # (line, message)
 
     def line(self, path: tuple) -> int:
         while path and path not in self.lines:
             path = path[:-1]
         return self.lines.get(path, 1)
 
-    def error(self, path: tuple, value: Any, why: str) -> None:
-        self.errors.append(f"{self.filename}:{self.line(path)}: {_dotted(path)}: "
-                           f"value {value!r} {why}")
+    def add(self, path: tuple, text: str) -> None:
+        line = self.line(path)
+        self.errors.append((line, f"{self.filename}:{line}: {_dotted(path)}: {text}"))
 
-    def choice(self, path: tuple, value: Any, choices: Sequence) -> bool:
+    def error(self, path: tuple, value: Any, why: str) -> None:
+        self.add(path, f"value {value!r} {why}")
+
+    def choice(self, path: tuple, value: Any, choices: Sequence, more: str = "") -> bool:
         if any(type(value) is type(c) and value == c for c in choices):
             return True
         self.error(path, value, f"is not allowed (choices: "
-                                f"{', '.join(_show(c) for c in choices)})")
+                                f"{', '.join(_show(c) for c in choices)}{more})")
         return False
 
     def unknown_keys(self, path: tuple, mapping: dict, allowed: Sequence) -> None:
         for key in mapping:
             if key not in allowed:
-                self.errors.append(f"{self.filename}:{self.line(path + (key,))}: "
-                                   f"{_dotted(path + (key,))}: unknown key (allowed: "
-                                   f"{', '.join(allowed) or 'none'})")
+                self.add(path + (key,), f"unknown key (allowed: {', '.join(allowed) or 'none'})")
+
+    def sorted(self) -> list[str]:
+        """The messages in line order (a stable sort: same line, order found)."""
+        return [text for _, text in sorted(self.errors, key=lambda e: e[0])]
 
 
 def _show(v: Any) -> str:
@@ -214,9 +225,9 @@ def parse_spec(text: str, filename: str, catalog: Catalog) -> Race:
     seeds = _seeds(ck, doc.get("seeds", [0]))
     matrix = _matrix(ck, ("matrix",), doc.get("matrix", {}), catalog, top=True)
     costs = _table(ck, ("costs",), doc.get("costs", "p4-xeon-2005"), catalog.cost_tables,
-                   here, "cost table")
+                   here, "cost table", catalog.load_cost_table)
     ladder = _table(ck, ("ladder",), doc.get("ladder", "default"), catalog.ladders, here,
-                    "ladder")
+                    "ladder", load_ladder)
     overrides = _overrides(ck, ("cost_overrides",), doc.get("cost_overrides", {}))
     entries = doc.get("engines")
     if not isinstance(entries, list) or not entries:
@@ -238,7 +249,7 @@ def parse_spec(text: str, filename: str, catalog: Catalog) -> Race:
         ck.error(("engines",), [e.get("engine") if isinstance(e, dict) else e for e in entries],
                  f"names no installed engine (installed: {', '.join(catalog.engines)})")
     if ck.errors:
-        raise SpecError(ck.errors)
+        raise SpecError(ck.sorted())
     return race
 
 
@@ -260,15 +271,18 @@ def _expand_entry(ck: _Checker, p: tuple, entry: Any, catalog: Catalog, race: Ra
         else:
             race.skipped.setdefault(engine, []).append(ck.line(p))
         return
+    option_paths: dict[tuple, tuple] = {}
     option_sets = _options(ck, p + ("options",), entry.get("options", {}),
-                           catalog.engines[engine])
+                           catalog.engines[engine], option_paths)
     if "matrix" in entry:
         matrix = {**matrix, **_matrix(ck, p + ("matrix",), entry["matrix"], catalog)}
+    _domain(ck, p, engine, catalog.engines[engine], option_sets, option_paths, matrix)
     if "costs" in entry:
         costs = _table(ck, p + ("costs",), entry["costs"], catalog.cost_tables, here,
-                       "cost table")
+                       "cost table", catalog.load_cost_table)
     if "ladder" in entry:
-        ladder = _table(ck, p + ("ladder",), entry["ladder"], catalog.ladders, here, "ladder")
+        ladder = _table(ck, p + ("ladder",), entry["ladder"], catalog.ladders, here, "ladder",
+                        load_ladder)
     overrides = {**overrides, **_overrides(ck, p + ("cost_overrides",),
                                            entry.get("cost_overrides", {}))}
     if costs is not None and overrides:
@@ -283,7 +297,7 @@ def _expand_entry(ck: _Checker, p: tuple, entry: Any, catalog: Catalog, race: Ra
     if ck.errors:
         return
     for opts in option_sets:
-        for combo in itertools.product(*(matrix[a] for a in AXES)):
+        for combo in itertools.product(*([v for v, _ in matrix[a]] for a in AXES)):
             axes = dict(zip(AXES, combo))
             for seed in race.seeds:
                 cell = catalog.cell_type(
@@ -300,6 +314,39 @@ def _expand_entry(ck: _Checker, p: tuple, entry: Any, catalog: Catalog, race: Ra
                 where[key] = p
                 race.cells.append(cell)
                 race.labels[key] = _label(engine, opts, label, len(option_sets) > 1)
+
+
+def _domain(ck: _Checker, p: tuple, engine: str, module: Any, option_sets: list[tuple],
+            option_paths: dict[tuple, tuple], matrix: dict[str, list]) -> None:
+    """What the engine refuses when it is built, refused here by the engine's own rules: a
+    shadow pool smaller than `min_pool_pages(vcpus)`, machine memory outside
+    `machine_memory_range(domain)`. One line per value written, naming its first misfit."""
+    min_pool = getattr(module, "min_pool_pages", None)
+    machine_range = getattr(module, "machine_memory_range", None)
+    done: set[tuple] = set()
+    for opts in option_sets:
+        pool = dict(opts).get("pool_pages")
+        for (vcpus, vp), (mib, _), (machine, mp) in itertools.product(
+                matrix["vcpus"], matrix["memory_mib"], matrix["machine_memory_mib"]):
+            if min_pool and _is_int(pool) and pool < min_pool(vcpus):
+                at = option_paths[("pool_pages", pool)]
+                if at not in done:
+                    done.add(at)
+                    ck.error(at, pool, f"is too small a shadow pool for vcpus {vcpus} "
+                                       f"({_dotted(vp)}) (choices: auto, or integers >= "
+                                       f"{min_pool(vcpus)})")
+                continue
+            if machine_range is None or machine is None or mp in done:
+                continue
+            domain = DomainSpec(vcpus=vcpus, memory_mib=mib, machine_memory_mib=machine,
+                                options=dict(opts))
+            low, high = machine_range(domain)
+            if not low <= machine <= high:
+                done.add(mp)
+                ck.error(mp, machine, f"is not a machine memory size {_dotted(p)} ({engine}) "
+                                      f"can boot with vcpus {vcpus} and memory_mib {mib} (null "
+                                      f"for the engine's default, or MiB, integers "
+                                      f"{low}..{high})")
 
 
 def _label(engine: str, opts: tuple, label: str | None, several: bool) -> str:
@@ -324,10 +371,14 @@ def _seeds(ck: _Checker, value: Any) -> list[int]:
     return [s for s in seeds if _is_int(s)]
 
 
+# the limits DomainSpec enforces (engines/api/contract.py), so no boot fails on them; each
+# engine's own limits on machine memory and options are checked by `_domain`
 AXIS_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "vcpus": (lambda v: _is_int(v) and 1 <= v <= 32, "is not a VCPU count (integers 1..32)"),
-    "memory_mib": (lambda v: _is_int(v) and 16 <= v <= 65536,
-                   "is not a guest memory size (MiB, integers 16..65536)"),
+    "vcpus": (lambda v: _is_int(v) and 1 <= v <= MAX_VCPUS,
+              f"is not a VCPU count (integers 1..{MAX_VCPUS})"),
+    "memory_mib": (lambda v: _is_int(v) and LOWMEM_MIB[0] <= v <= LOWMEM_MIB[1],
+                   f"is not a guest memory size (MiB, integers {LOWMEM_MIB[0]}.."
+                   f"{LOWMEM_MIB[1]}: lowmem only)"),
     "machine_memory_mib": (lambda v: v is None or (_is_int(v) and 16 <= v <= 1 << 16),
                            "is not a machine memory size (null for the engine's default, or "
                            "MiB, integers 16..65536)"),
@@ -336,29 +387,35 @@ AXIS_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _matrix(ck: _Checker, p: tuple, value: Any, catalog: Catalog,
-            top: bool = False) -> dict[str, list]:
+            top: bool = False) -> dict[str, list[tuple[Any, tuple]]]:
+    """Axis -> its valid values, each with the key path it was written at."""
     if not isinstance(value, dict):
         ck.error(p, value, f"must be a mapping of axes ({', '.join(AXES)})")
         value = {}
     ck.unknown_keys(p, value, AXES)
-    out = {a: [AXIS_DEFAULTS[a]] for a in AXES} if top else {}
+    out = {a: [(AXIS_DEFAULTS[a], p)] for a in AXES} if top else {}
     for axis in AXES:
         if axis not in value:
             continue
         values = _as_list(value[axis])
         if not values:
             ck.error(p + (axis,), value[axis], "must list at least one value")
+        kept: dict[Any, tuple] = {}
         for i, v in enumerate(values):
             vp = p + (axis, i) if isinstance(value[axis], list) else p + (axis,)
             if axis == "profile":
-                ck.choice(vp, v, list(catalog.profiles))
-            elif not AXIS_RULES[axis][0](v):
+                ok = ck.choice(vp, v, list(catalog.profiles))
+            elif not (ok := AXIS_RULES[axis][0](v)):
                 ck.error(vp, v, AXIS_RULES[axis][1])
-        out[axis] = list(dict.fromkeys(values))
+            if ok:
+                kept.setdefault(v, vp)
+        out[axis] = list(kept.items())
     return out
 
 
-def _options(ck: _Checker, p: tuple, value: Any, module: Any) -> list[tuple]:
+def _options(ck: _Checker, p: tuple, value: Any, module: Any,
+             where: dict[tuple, tuple]) -> list[tuple]:
+    """Every combination of the options' values; `where` gets each (key, value)'s path."""
     allowed: Mapping[str, tuple] = getattr(module, "OPTIONS", {})
     if not isinstance(value, dict):
         ck.error(p, value, f"must be a mapping of options ({', '.join(allowed) or 'none'})")
@@ -373,21 +430,31 @@ def _options(ck: _Checker, p: tuple, value: Any, module: Any) -> list[tuple]:
             ck.error(p + (key,), value[key], "must list at least one value")
         for i, v in enumerate(values):
             vp = p + (key, i) if isinstance(value[key], list) else p + (key,)
-            ck.choice(vp, v, list(allowed[key]))
+            if ck.choice(vp, v, list(allowed[key])):
+                where.setdefault((key, v), vp)
         axes.append([(key, v) for v in dict.fromkeys(values)])
     return [tuple(c) for c in itertools.product(*axes)]
 
 
 def _table(ck: _Checker, p: tuple, value: Any, packaged: Sequence[str], here: Path,
-           what: str) -> str | None:
-    """A packaged name, or a .yaml path (relative to the spec's folder) that exists."""
+           what: str, load: Callable[[str], Any]) -> str | None:
+    """A packaged name, or a .yaml path (relative to the spec's folder) that `load` accepts;
+    its mistakes (each naming that file and line) are the spec's, at this key's line."""
     if isinstance(value, str) and value.endswith((".yaml", ".yml")):
         path = Path(value) if Path(value).is_absolute() else here / value
-        if path.is_file():
-            return str(path)
-        ck.error(p, value, f"is not a {what} file (no such file {path})")
-        return None
-    if ck.choice(p, value, list(packaged)):
+        if not path.is_file():
+            ck.error(p, value, f"is not a {what} file (no such file {path})")
+            return None
+        try:
+            load(str(path))
+        except ValueError as e:              # LadderError, CostTableError
+            line = ck.line(p)
+            for text in getattr(e, "lines", str(e).splitlines()):
+                if (line, text) not in ck.errors:
+                    ck.errors.append((line, text))
+            return None
+        return str(path)
+    if ck.choice(p, value, list(packaged), ", or a path to a .yaml file"):
         return value
     return None
 

@@ -76,6 +76,10 @@ class AuditFailure(EngineError):
         super().__init__(f"audit failed: {head}{more}")
 
 
+MAX_VCPUS = 32
+LOWMEM_MIB = (16, 896)          # guest memory in MiB, min and max: lowmem only (no highmem)
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """One guest domain on one machine."""
@@ -89,10 +93,11 @@ class DomainSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if not 1 <= self.vcpus <= 32:
-            raise ValueError(f"vcpus {self.vcpus} outside 1..32")
-        if not 16 <= self.memory_mib <= 896:
-            raise ValueError(f"memory {self.memory_mib} MiB outside 16..896 (lowmem only)")
+        if not 1 <= self.vcpus <= MAX_VCPUS:
+            raise ValueError(f"vcpus {self.vcpus} outside 1..{MAX_VCPUS}")
+        if not LOWMEM_MIB[0] <= self.memory_mib <= LOWMEM_MIB[1]:
+            raise ValueError(f"memory {self.memory_mib} MiB outside "
+                             f"{LOWMEM_MIB[0]}..{LOWMEM_MIB[1]} (lowmem only)")
 
 
 @dataclass(frozen=True)

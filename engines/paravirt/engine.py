@@ -47,6 +47,12 @@ HIDDEN_DEFAULTS = {"debug_audit": False, "kernel_image_kib": 4096}
 DEFAULT_MACHINE_MIB = 8192
 
 
+def machine_memory_range(spec: DomainSpec) -> tuple[int, int]:
+    """The machine memory (MiB, min and max) a domain of `spec` boots in: the domain plus
+    64 MiB for Xen, at least 64 MiB, at most 16 GiB."""
+    return max(64, spec.memory_mib + 64), 16 * 1024
+
+
 class _Tally(dict):
     """Event counts and cycles per event, read as 0 when absent: a Counter for `+=` only.
     collections.Counter defines __delitem__ in Python, which sends every store through a
@@ -91,8 +97,9 @@ class PVEngine(Engine):
     def __init__(self, spec: DomainSpec, costs: CostTable):
         self.opts = resolve_options(spec.options)
         machine_mib = spec.machine_memory_mib or DEFAULT_MACHINE_MIB
-        if not 64 <= machine_mib <= 16 * 1024 or machine_mib < spec.memory_mib + 64:
-            raise ValueError(f"machine memory {machine_mib} MiB: need 64..16384 MiB and room "
+        low, high = machine_memory_range(spec)
+        if not low <= machine_mib <= high:
+            raise ValueError(f"machine memory {machine_mib} MiB: need {low}..{high} MiB, room "
                              f"for the {spec.memory_mib} MiB domain plus 64 MiB for Xen")
         super().__init__(spec, costs, machine_mib * MIB)
         self.stats, self.cycles_by = _Tally(), _Tally()

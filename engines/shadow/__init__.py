@@ -13,11 +13,12 @@ them, and keeps the shadow tables the hardware really walks. Modules:
 - `oos`     — out-of-sync L1s (Xen 3.3) with snapshots and resync
 - `audit`   — the invariants
 - `engine`  — `ShadowEngine`: the fault path, CR3/PDPTE snapshot, invlpg, flushes, CR writes
-- `options` — `OPTIONS`/`DEFAULTS` for race cells
+- `options` — `OPTIONS`/`DEFAULTS` for race cells, `machine_memory_range` for their
+              machine memory
 """
 from .engine import ShadowEngine
 from .modes import PAE, TWO_LEVEL, GuestWalk, PagingMode, guest_walk
-from .options import DEFAULTS, OPTIONS, min_pool_pages
+from .options import DEFAULTS, OPTIONS, machine_memory_range, min_pool_pages
 
-__all__ = ["ShadowEngine", "OPTIONS", "DEFAULTS", "min_pool_pages", "PagingMode", "PAE",
-           "TWO_LEVEL", "GuestWalk", "guest_walk"]
+__all__ = ["ShadowEngine", "OPTIONS", "DEFAULTS", "min_pool_pages", "machine_memory_range",
+           "PagingMode", "PAE", "TWO_LEVEL", "GuestWalk", "guest_walk"]

@@ -53,7 +53,7 @@ from .control import ControlOps
 from .emulate import _DONE, _RETRY, Emulation
 from .modes import F_A, F_D, F_P, F_PS, F_RW, F_US, PAE, GuestWalk
 from .oos import OutOfSync
-from .options import resolve_options
+from .options import resolve_options, xen_frames
 from .p2m import HYPERVISOR_VIRT_START, P2M, RO_MPT_END, XenArea
 from .pool import SH_FL1, ShadowPage, ShadowPool
 from .shadows import ShadowOps
@@ -109,9 +109,7 @@ class ShadowEngine(Accounting, ControlOps, Emulation, ShadowAudit, OutOfSync, Wr
         self._rsvd = tuple((p.reserved[1], p.reserved[2], p.large_reserved) for p in plans)
         self.nr_pages = spec.memory_mib * 256
         pool_pages = self.opt["pool_pages"]
-        xen_frames = (pool_pages + spec.vcpus + 4 + 16 + 8
-                      + (self.nr_pages * 8 + 4095) // 4096)
-        self.p2m = P2M(self.memory, self.nr_pages, xen_frames, spec.seed)
+        self.p2m = P2M(self.memory, self.nr_pages, xen_frames(spec, pool_pages), spec.seed)
         self.xen = XenArea(self.memory, self.p2m)
         self._p2m, self._frame = self.p2m.p2m, self.memory.frame
         self.pool = ShadowPool(self.p2m.alloc_xen(pool_pages))

@@ -14,6 +14,8 @@ from typing import Any
 
 from engines.api import DomainSpec
 
+from .p2m import XEN_BASE_MFN
+
 OPTIONS: dict[str, tuple] = {
     "early_unshadow": (True, False),      # SHOPT_EARLY_UNSHADOW: fork/exit detection
     "prefetch": (False, True),            # SHOPT_PREFETCH: fill up to 32 following entries
@@ -29,6 +31,20 @@ def min_pool_pages(vcpus: int) -> int:
     """Every VCPU's 4 top-level shadows, 4 more for the CR3 load in progress, and the two
     pages one fault may take."""
     return 4 * vcpus + 6
+
+
+def xen_frames(spec: DomainSpec, pool_pages: int) -> int:
+    """Xen's frames for the domain: the shadow pool, a monitor page per VCPU, the unpaged
+    shadows, the Xen area and the P2M's own pages."""
+    nr_pages = spec.memory_mib * 256
+    return pool_pages + spec.vcpus + 4 + 16 + 8 + (nr_pages * 8 + 4095) // 4096
+
+
+def machine_memory_range(spec: DomainSpec) -> tuple[int, int]:
+    """The machine memory (MiB, min and max) a domain of `spec` boots in: Xen's frames from
+    1 MiB up, then the guest's (p2m.P2M refuses less), at most 64 GiB (36-bit)."""
+    frames = XEN_BASE_MFN + xen_frames(spec, resolve_options(spec)["pool_pages"])
+    return -(-(frames + spec.memory_mib * 256) // 256), 64 * 1024
 
 
 def resolve_options(spec: DomainSpec) -> dict[str, Any]:
