@@ -68,6 +68,7 @@ class Catalog:
     cell_type: type
     run_boot: Callable
     load_cost_table: Callable
+    cost_events: Mapping[str, Sequence[str]] = field(default_factory=dict)  # engine -> needs
 
     @classmethod
     def installed(cls) -> "Catalog":
@@ -76,7 +77,9 @@ class Catalog:
         return cls(engines=dict(boot.ENGINES), profiles=list(boot.list_profiles()),
                    ladders=list(boot.list_ladders()), cost_tables=list_cost_tables(),
                    cell_type=boot.BootCell, run_boot=boot.run_boot,
-                   load_cost_table=load_cost_table)
+                   load_cost_table=load_cost_table,
+                   cost_events={name: boot.engine_class(name).COST_EVENTS
+                                for name in boot.ENGINES})
 
 
 @dataclass
@@ -176,7 +179,9 @@ class _Checker:
 
     def add(self, path: tuple, text: str) -> None:
         line = self.line(path)
-        self.errors.append((line, f"{self.filename}:{line}: {_dotted(path)}: {text}"))
+        error = (line, f"{self.filename}:{line}: {_dotted(path)}: {text}")
+        if error not in self.errors:             # one cost table shared by several entries
+            self.errors.append(error)
 
     def error(self, path: tuple, value: Any, why: str) -> None:
         self.add(path, f"value {value!r} {why}")
@@ -285,12 +290,8 @@ def _expand_entry(ck: _Checker, p: tuple, entry: Any, catalog: Catalog, race: Ra
                         load_ladder)
     overrides = {**overrides, **_overrides(ck, p + ("cost_overrides",),
                                            entry.get("cost_overrides", {}))}
-    if costs is not None and overrides:
-        try:
-            catalog.load_cost_table(costs, overrides)
-        except Exception as e:  # the cost table's own message names event and choices
-            path = p + ("cost_overrides",) if "cost_overrides" in entry else ("cost_overrides",)
-            ck.error(path, overrides, f"rejected by cost table {costs!r}: {e}")
+    if costs is not None:
+        _price(ck, p, entry, engine, catalog, costs, overrides)
     label = entry.get("label")
     if label is not None and not isinstance(label, str):
         ck.error(p + ("label",), label, "must be a string")
@@ -314,6 +315,22 @@ def _expand_entry(ck: _Checker, p: tuple, entry: Any, catalog: Catalog, race: Ra
                 where[key] = p
                 race.cells.append(cell)
                 race.labels[key] = _label(engine, opts, label, len(option_sets) > 1)
+
+
+def _price(ck: _Checker, p: tuple, entry: dict, engine: str, catalog: Catalog, costs: str,
+           overrides: dict[str, int]) -> None:
+    """The cost table with the overrides prices every event the engine charges."""
+    try:
+        table = catalog.load_cost_table(costs, overrides)
+    except Exception as e:  # the cost table's own message names event and choices
+        path = p + ("cost_overrides",) if "cost_overrides" in entry else ("cost_overrides",)
+        ck.error(path, overrides, f"rejected by cost table {costs!r}: {e}")
+        return
+    try:
+        table.require(catalog.cost_events.get(engine, ()), f"engine {engine!r}")
+    except ValueError as e:  # CostTableError: names the events missing
+        ck.error(p + ("costs",) if "costs" in entry else ("costs",), costs,
+                 f"cannot price {_dotted(p)}: {e}")
 
 
 def _domain(ck: _Checker, p: tuple, engine: str, module: Any, option_sets: list[tuple],

@@ -142,3 +142,21 @@ def test_costs_and_ladder_choices_say_a_yaml_path_is_allowed_too(catalog):
         ".yaml file)",
         "s.yaml:2: costs: value 'cheap' is not allowed (choices: k8-opteron-2005, "
         "p4-vtx-2005, p4-xeon-2005, or a path to a .yaml file)"]
+
+
+def test_a_cost_table_file_that_cannot_price_an_engine_is_refused(installed, tmp_path):
+    """ShadowEngine's constructor requires every event it charges (CostTable.require)."""
+    from engines.api.costs import TABLE_DIR
+    text = (TABLE_DIR / "p4-xeon-2005.yaml").read_text()
+    (tmp_path / "nofill.yaml").write_text(
+        "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("sh_fill:")))
+    spec = tmp_path / "s.yaml"
+    spec.write_text("engines:\n  - native\n  - engine: shadow\n    costs: nofill.yaml\n")
+    with pytest.raises(SpecError) as e:
+        parse_spec(spec.read_text(), str(spec), installed)
+    assert e.value.lines == [
+        f"{spec}:4: engines[1].costs: value '{tmp_path / 'nofill.yaml'}' cannot price "
+        f"engines[1]: {tmp_path / 'nofill.yaml'}: cost table 'p4-xeon-2005' lacks events "
+        f"sh_fill needed by engine 'shadow'"]
+    spec.write_text("costs: nofill.yaml\nengines: [native, paravirt]\n")
+    assert len(parse_spec(spec.read_text(), str(spec), installed).cells) == 2
