@@ -6,8 +6,9 @@
 
 SPEC is a packaged spec's name (`default`, `quick`) or a path. Progress goes to stderr,
 the dashboard to stdout (and to $GITHUB_STEP_SUMMARY as markdown when set). Exit status:
-0 done, 1 a boot broke (harness or infrastructure) or a --fail-on regression, 2 a mistake
-in the spec or the command line, 130 interrupted (resume with --resume).
+0 done, 1 a boot broke (harness or infrastructure), a --fail-on regression or a --plot that
+could not be written, 2 a mistake in the spec or the command line (a Ray address that does
+not answer included), 130 interrupted (resume with --resume).
 
 Other subcommands (`boot`, `list`) come from `race.bootcmd.register(subparsers)`; a
 subcommand sets `func(args) -> exit status` as its default.
@@ -84,43 +85,85 @@ def _fail(lines: list[str], status: int = 2) -> int:
 
 
 def cmd_run(args) -> int:
-    from .progress import make_progress
-    from .runner import make_executor, run_race
+    from .runner import ExecutorError, make_executor
     from .spec import Catalog, load_spec
     executor_kind = args.executor or "ray"
     if args.address and executor_kind == "serial":
         return _fail([f"--address {args.address}: value needs --executor ray "
                       f"(choices for --executor with --address: ray)"])
+    if args.cpus is not None:
+        if args.cpus < 1:
+            return _fail([f"--cpus {args.cpus}: value must be a whole number >= 1"])
+        if executor_kind == "serial" or args.address:
+            return _fail([f"--cpus {args.cpus}: sizes the embedded Ray only (not with "
+                          f"--executor serial or --address)"])
     try:
         catalog = Catalog.installed()
     except ModuleNotFoundError as e:
         return _fail([f"the race needs {e.name}, which is not installed"], 1)
     try:
         race = load_spec(args.spec, catalog)
+        found = ResultStore.find(args.out, race) if args.resume else None
+        if found is not None and found.left == 0:
+            return _nothing_to_resume(args, found)     # no executor (nor Ray) to start
     except SpecError as e:
         return _fail(e.lines)
-    t_begin = time.perf_counter()
-    with make_executor(executor_kind, args.address, args.cpus) as ex:
-        shape = ex.shape()
-        t0 = time.perf_counter()
-        startup = round(t0 - t_begin, 3)
-        try:
+    except ResultsError as e:
+        return _fail([str(e)])
+    store = None
+    try:
+        t_begin = time.perf_counter()
+        with make_executor(executor_kind, args.address, args.cpus) as ex:
+            shape = ex.shape()
+            t0 = time.perf_counter()
+            startup = round(t0 - t_begin, 3)
             store = (ResultStore.resume(args.out, race, shape) if args.resume
                      else ResultStore.create(args.out, race, shape, catalog))
-        except ResultsError as e:
-            return _fail([str(e)])
-        progress = make_progress(quiet=args.quiet)
-        try:
-            run_race(race, ex, store, progress, catalog.run_boot)
-        except KeyboardInterrupt:
+            status = _race(args, race, ex, store, catalog)
             store.log_timing({"race_elapsed_s": round(time.perf_counter() - t0, 3),
                               "startup_s": startup, "executor": shape["executor"],
-                              "interrupted": True})
-            return 130
-        store.log_timing({"race_elapsed_s": round(time.perf_counter() - t0, 3),
-                          "startup_s": startup, "executor": shape["executor"]})
+                              **({"interrupted": True} if status == 130 else {})})
+            if status == 130:
+                return 130
+    except ExecutorError as e:
+        return _fail([f"{e} (from {'--address' if args.address else '$RAY_ADDRESS'})"])
+    except ResultsError as e:
+        return _fail([str(e)])
+    except KeyboardInterrupt:      # before the race loop took over (Ray's start, the store)
+        if store is not None and store.manifest.get("status") == "running":
+            store.finish("interrupted")
+            return _fail([f"interrupted: {len(store.done)}/{len(race.cells)} boots recorded "
+                          f"in {store.dir}; run again with --resume to finish"], 130)
+        return _fail(["interrupted before the race started: nothing recorded"], 130)
+    return _finish_run(args, store)
+
+
+def _race(args, race, ex, store, catalog) -> int:
+    """The race loop; 130 when interrupted (run_race has marked the store and said so)."""
+    from .progress import make_progress
+    from .runner import run_race
+    progress = make_progress(quiet=args.quiet)
+    try:
+        run_race(race, ex, store, progress, catalog.run_boot)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _nothing_to_resume(args, store) -> int:
+    if not args.quiet:
+        print(f"pae-race: nothing to resume: all {len(store.done)} boots of "
+              f"{store.race_id} are recorded", file=sys.stderr)
+    if store.manifest.get("status") != "complete":
+        store.finish("complete")
+    return _finish_run(args, store)
+
+
+def _finish_run(args, store) -> int:
     results = load_results(store.dir)
-    _timeline(results, store.dir / "timeline.svg", quiet=True)
+    if not _timeline(results, store.dir / "timeline.svg", quiet=True) and not args.quiet:
+        print("pae-race: no timeline.svg: it needs matplotlib (pip install -e '.[plot]')",
+              file=sys.stderr)
     _publish(results, args.format)
     broken = sum(1 for r in results.records if r["status"] == "broken")
     return 1 if broken else 0
@@ -146,11 +189,10 @@ def cmd_report(args) -> int:
            for rule in rules if rule.milestone != "*" and rule.milestone not in known]
     if bad:
         return _fail(bad)
-    if args.plot:
-        _timeline(results, Path(args.plot), quiet=False)
+    plotted = _timeline(results, Path(args.plot), quiet=False) if args.plot else True
     doc = _publish(results, args.format, baseline, rules)
     failed = doc.get("comparison", {}).get("failures", [])
-    return 1 if failed else 0
+    return 1 if failed or not plotted else 0
 
 
 def _publish(results, fmt: str, baseline=None, rules=None) -> dict:
@@ -162,13 +204,16 @@ def _publish(results, fmt: str, baseline=None, rules=None) -> dict:
     return doc
 
 
-def _timeline(results, path: Path, quiet: bool) -> None:
+def _timeline(results, path: Path, quiet: bool) -> bool:
+    """Write the timeline; False (said on stderr unless quiet) when matplotlib is missing."""
     from .plot import PlotUnavailable, write_timeline
     try:
         write_timeline(results, path)
     except PlotUnavailable as e:
         if not quiet:
             print(f"pae-race: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -83,8 +83,15 @@ class ResultStore:
         _point_latest(root, race_id)
         return store
 
+    @property
+    def left(self) -> int:
+        """Cells of this race with no finished record (ok or DNF) yet."""
+        done = self.done
+        return sum(1 for c in self.manifest["cells"] if c["key"] not in done)
+
     @classmethod
-    def resume(cls, root: str | Path, race, shape: dict) -> "ResultStore":
+    def find(cls, root: str | Path, race) -> "ResultStore":
+        """The newest race of this spec under `root`, opened as it is (nothing written)."""
         candidates = []
         for m in Path(root).glob(f"*/{MANIFEST}"):
             man = _read_json(m)
@@ -94,7 +101,11 @@ class ResultStore:
             raise ResultsError(f"{root}: no earlier race of spec {race.name!r} "
                                f"(digest {race.digest}) to resume")
         d = max(candidates)[1]
-        store = cls(d, _read_json(d / MANIFEST), _read_journal(d / RECORDS))
+        return cls(d, _read_json(d / MANIFEST), _read_journal(d / RECORDS))
+
+    @classmethod
+    def resume(cls, root: str | Path, race, shape: dict) -> "ResultStore":
+        store = cls.find(root, race)
         store.manifest.setdefault("resumed", []).append(
             {"shape": shape, "skipped": len(store.done)})
         store.manifest["cluster"] = shape

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .results import ResultStore, make_record
 
 MAX_RETRIES = 3
+CONNECT_TIMEOUT_S = 5.0     # a cluster's GCS answers in ms; ray.init would retry for minutes
 INLINE_BOOT_BYTES = 4096
 OBJECT_STORE_BYTES = 128 * 2**20        # events are tiny; 100 MB was plenty when measured
 SHIPPED_PACKAGES = ("engines", "guestkit", "milestones", "race")
@@ -131,6 +132,32 @@ def _describe(e: BaseException) -> str:
 
 
 # -- executors ---------------------------------------------------------------------------
+class ExecutorError(RuntimeError):
+    """The executor cannot start: a cluster address that is malformed or does not answer."""
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ExecutorError unless something accepts a TCP connection at `address`
+    (host:port, [v6]:port, or ray://host:port). Ray's own connect retries for minutes,
+    printing a line every ~40 s, and rewrites 127.0.0.1 as the node's IP; a race should say
+    at once that the cluster is not there. "auto" is left to Ray (it reads the address of
+    a local `ray start` from a file)."""
+    import socket
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ExecutorError(f"{address!r} is not a Ray address (choices: host:port, "
+                            f"ray://host:port, auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = "timed out" if isinstance(e, socket.timeout) else (e.strerror or str(e))
+        raise ExecutorError(f"cannot reach Ray at {address}: {why}") from None
+
+
 class SerialExecutor:
     """The race in this process, in plan order: for tests, debugging and profiling."""
     name = "serial"
@@ -213,6 +240,7 @@ class RayExecutor:
 
     def _attach(self, ray) -> None:
         from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+        check_reachable(self.address)
         runtime_env = None
         if RAY_JOB_CONFIG_JSON_ENV_VAR not in os.environ:   # a job ships its working dir
             import importlib
@@ -223,8 +251,12 @@ class RayExecutor:
                 except ModuleNotFoundError:
                     pass
             runtime_env = {"py_modules": mods, "excludes": ["__pycache__", "*.pyc"]}
-        ray.init(address=self.address, log_to_driver=False, runtime_env=runtime_env,
-                 logging_level=logging.WARNING)
+        try:
+            ray.init(address=self.address, log_to_driver=False, runtime_env=runtime_env,
+                     logging_level=logging.WARNING)
+        except (ConnectionError, ValueError) as e:   # no local cluster for "auto", a bad
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+            raise ExecutorError(f"cannot attach to Ray at {self.address}: {first}") from None
 
     def _start_local(self, ray) -> None:
         """Embedded Ray: 127.0.0.1 only, no dashboard, quiet, small object store, its own
