@@ -54,8 +54,9 @@ def register(sub) -> None:
     ls.set_defaults(func=cmd_list)
 
 
-def _fail(msg: str) -> int:
-    print(f"pae-race: {msg}", file=sys.stderr)
+def _fail(msg: str | list[str]) -> int:
+    for line in [msg] if isinstance(msg, str) else msg:
+        print(f"pae-race: {line}", file=sys.stderr)
     return 2
 
 
@@ -128,8 +129,8 @@ def cmd_boot(args) -> int:
         for ev in events:
             if ev["type"] == "result":
                 result = ev
-    except CELL_ERRORS as e:
-        return _fail(str(e))
+    except CELL_ERRORS as e:       # a ladder's mistakes come one per line (LadderError.lines)
+        return _fail(getattr(e, "lines", None) or str(e))
     if args.json:
         json.dump(result, sys.stdout, indent=1, sort_keys=True)
         print()

@@ -81,6 +81,16 @@ def test_a_bad_ladder_file_exits_2_naming_the_file_and_the_events(capsys, tmp_pa
     assert str(path) in line and "'boot_done'" in line and "getty_waiting" in line
 
 
+def test_a_ladder_with_two_mistakes_gets_two_prefixed_lines(capsys, tmp_path):
+    path = tmp_path / "l2.yaml"
+    path.write_text("name: l\nmilestones:\n  - {name: a, event: boot_done}\n"
+                    "  - {name: b, event: getty_waiting, match: {runlevel: 9}}\n")
+    status, out, err = run(capsys, "boot", "--profile", "tiny", "--ladder", str(path))
+    lines = err.splitlines()
+    assert status == 2 and out == "" and len(lines) == 2, err
+    assert all(ln.startswith(f"pae-race: {path}:") for ln in lines), err
+
+
 def test_a_cost_table_that_is_not_yaml_gets_one_line_too(capsys, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: c\ncpu: x\nmhz: [1000\n")
