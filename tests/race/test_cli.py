@@ -126,9 +126,10 @@ def test_plain_progress_crowns_only_hypervisors_and_counts_by_simulated_time(tmp
         store = ResultStore.create(tmp_path / "o", race, ex.shape(), catalog)
         run_race(race, ex, store, progress, catalog.run_boot)
     lines = buf.getvalue().splitlines()
-    assert not [x for x in lines if x.startswith("  native") and "(leads)" in x]
-    assert [x for x in lines if x.startswith("  paravirt") and "(leads)" in x]
+    assert not [x for x in lines if x.startswith("  native") and "lead" in x]
+    assert [x for x in lines if x.startswith("  paravirt") and "(leads at 1v)" in x]
     tally = progress.tally
-    assert tally.leader["multiuser"][1].startswith("paravirt(shared) 1v s")
-    assert tally.reference["multiuser"][1].startswith("native 1v")
+    one = tally.points[0]                                   # 1v: leaders race per point
+    assert tally.standing(one, "multiuser").leaders == ("paravirt(shared) 1v",)
+    assert tally.standing(one, "multiuser").reference_us is not None
     assert "done 10 · DNF 2 · broken 0 · retried 0 · 12/12" in lines[-1]
