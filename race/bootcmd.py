@@ -69,9 +69,9 @@ def cell_from_args(args) -> BootCell:
                          f"(choices: {', '.join(list_profiles())}, or a .yaml file)")
     from guestkit import load_profile
     prof = load_profile(args.profile)
-    opts = {}
+    opts, flag = {}, {}             # flag: the option's own flag, for the error line
     if args.strategy is not None:
-        opts["strategy"] = args.strategy
+        opts["strategy"], flag["strategy"] = args.strategy, "--strategy"
     for item in args.option:
         if "=" not in item:
             raise ValueError(f"--option: value {item!r} must be KEY=VALUE")
@@ -79,13 +79,14 @@ def cell_from_args(args) -> BootCell:
         opts[k] = _parse_value(v)
     allowed = getattr(ENGINES[args.engine], "OPTIONS", {})
     for k, v in opts.items():
+        where = flag.get(k, "--option")
         if k not in allowed:
-            raise ValueError(f"--option: engine {args.engine!r} has no option {k!r} "
+            raise ValueError(f"{where}: engine {args.engine!r} has no option {k!r} "
                              f"(options: {', '.join(allowed) or 'none'})")
         choices = allowed[k]
         if isinstance(choices, tuple) and choices and v not in choices:
-            raise ValueError(f"--option {k}: value {v!r} not allowed "
-                             f"(choices: {', '.join(map(str, choices))})")
+            raise ValueError(f"{where if where != '--option' else '--option ' + k}: value "
+                             f"{v!r} not allowed (choices: {', '.join(map(str, choices))})")
     return BootCell(engine=args.engine, options=tuple(sorted(opts.items())),
                     profile=args.profile,
                     vcpus=prof.vcpus if args.vcpus is None else args.vcpus,

@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help(sys.stderr)
         return 2
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except BrokenPipeError:         # `pae-race boot --json | head`: the reader left early
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())    # no second error when Python flushes
+        return 141                  # as a shell reports a writer killed by SIGPIPE
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -122,6 +127,7 @@ def cmd_run(args) -> int:
             status = _race(args, race, ex, store, catalog)
             store.log_timing({"race_elapsed_s": round(time.perf_counter() - t0, 3),
                               "startup_s": startup, "executor": shape["executor"],
+                              "cpus": sum(shape.get("cpus", [1])) or 1,
                               **({"interrupted": True} if status == 130 else {})})
             if status == 130:
                 return 130

@@ -81,6 +81,24 @@ def test_a_bad_ladder_file_exits_2_naming_the_file_and_the_events(capsys, tmp_pa
     assert str(path) in line and "'boot_done'" in line and "getty_waiting" in line
 
 
+def test_strategy_mistakes_name_the_strategy_flag_not_option(capsys):
+    line = bad_input(capsys, "boot", "--profile", "tiny", "--strategy", "walk")
+    assert line.startswith("pae-race: --strategy: engine 'native' has no option 'strategy'")
+    line = bad_input(capsys, "boot", "--engine", "paravirt", "--profile", "tiny",
+                     "--strategy", "wak")
+    assert line.startswith("pae-race: --strategy: value 'wak' not allowed (choices: ")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`pae-race boot --json | head -1`: a BrokenPipeError traceback before."""
+    import subprocess
+    import sys
+    p = subprocess.run(f"{sys.executable} -m race.cli boot --profile tiny --json | head -1",
+                       shell=True, capture_output=True, text=True, timeout=120,
+                       executable="/bin/bash")
+    assert p.stdout == "{\n" and p.stderr == ""
+
+
 def test_a_ladder_with_two_mistakes_gets_two_prefixed_lines(capsys, tmp_path):
     path = tmp_path / "l2.yaml"
     path.write_text("name: l\nmilestones:\n  - {name: a, event: boot_done}\n"
