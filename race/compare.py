@@ -59,6 +59,18 @@ def compare(base: Board, new: Board) -> list[dict]:
     return rows
 
 
+def pricing_notes(base_manifest: dict, new_manifest: dict) -> list[str]:
+    """A line per cost table both races used under one name but with different contents
+    (a retuned table between two commits): their times are priced differently, so a ratio
+    mixes the engines' work with the prices. Overrides change a job's configuration, so
+    such jobs are not matched at all (shown missing and new)."""
+    base, new = base_manifest.get("cost_tables", {}), new_manifest.get("cost_tables", {})
+    return [f"note: cost table {k} differs (digest {base[k].get('digest')} on the baseline, "
+            f"{new[k].get('digest')} now): times are priced differently"
+            for k in sorted(set(base) & set(new))
+            if base[k].get("digest") != new[k].get("digest")]
+
+
 def _missing_row(base: Board, bjob: Job, m: str, why: str = "job not in this race") -> dict:
     """A baseline job with no boot in this race: each milestone it reached is lost."""
     before = [v for v in _by_seed(base, bjob, m).values() if v is not None]

@@ -24,9 +24,9 @@ from typing import Any
 from tabulate import tabulate
 
 from .board import REFERENCE_ENGINE, Board
-from .compare import FailOn, compare, failures, verdict as compare_verdict
+from .compare import FailOn, compare, failures, pricing_notes, verdict as compare_verdict
 from .progress import fmt_time
-from .results import Results
+from .results import Results, costs_key
 
 FORMATS = ("terminal", "markdown", "json")
 # counters shown in the cost tables (all of them are in --format json): hypercalls, traps,
@@ -54,6 +54,7 @@ def build(results: Results, baseline: Results | None = None,
         rows = compare(Board(baseline), b)
         doc["comparison"] = {"baseline": baseline.manifest.get("race_id"), "rows": rows,
                              "verdict": compare_verdict(rows),
+                             "notes": pricing_notes(baseline.manifest, results.manifest),
                              "failures": failures(rows, fail_on or [])}
     doc["footnotes"] = _footnotes(b)
     return doc
@@ -149,11 +150,15 @@ def _header(b: Board) -> dict:
     m = b.manifest
     axes: dict[str, list] = {}
     for c in m.get("cells", []):
+        cfg = dict(c["config"])
+        if cfg.get("cost_overrides"):       # an engine entry's own prices, shown with it
+            over = costs_key(cfg["costs"], cfg["cost_overrides"])
+            cfg["costs"] = f"{over} ({cfg['engine']})"
         for a in ("profile", "vcpus", "memory_mib", "machine_memory_mib", "flush_filter",
                   "costs"):
             axes.setdefault(a, [])
-            if c["config"].get(a) not in axes[a]:
-                axes[a].append(c["config"].get(a))
+            if cfg.get(a) not in axes[a]:
+                axes[a].append(cfg.get(a))
     counts = collections.Counter(r["status"] for r in b.records.values())
     return {"race": m.get("race_id"), "spec": m.get("spec", {}).get("name"),
             "commit": m.get("package", {}).get("commit"),
@@ -241,13 +246,19 @@ def _footnotes(b: Board) -> list[str]:
         line = (f"wall time: {sum(walls):.1f} s of boots ({sum(walls) / len(walls):.2f} s "
                 f"per boot" + (f", {sum(cpu) / len(cpu):.2f} s of CPU" if cpu else "") + ")")
         if race_runs:
+            # a resumed race ran in several sessions, maybe on different shapes: each
+            # session's CPU-seconds of capacity is its elapsed time x its own CPUs
             elapsed = sum(r["race_elapsed_s"] for r in race_runs)
             cpus = sum(shape.get("cpus", [1])) or 1
+            capacity = sum(r["race_elapsed_s"] * r.get("cpus", cpus) for r in race_runs)
             startup = sum(r.get("startup_s", 0) for r in race_runs)
-            line += (f" in {elapsed:.1f} s elapsed"
+            sessions = f" over {len(race_runs)} sessions" if len(race_runs) > 1 else ""
+            line += (f" in {elapsed:.1f} s elapsed{sessions}"
                      + (f" (+{startup:.1f} s to start {shape.get('executor')})" if startup >= 0.05
                         else "")
-                     + f"; boots kept {sum(walls) / elapsed / cpus:.0%} of {cpus} CPU(s) busy")
+                     + (f"; boots kept {sum(walls) / capacity:.0%} of the CPUs busy"
+                        if sessions else
+                        f"; boots kept {sum(walls) / capacity:.0%} of {cpus} CPU(s) busy"))
         notes.append(line)
     lost = sum(1 for t in b.results.timings if t.get("lost"))
     retried = sum(1 for t in b.results.timings if t.get("retried"))
@@ -409,6 +420,7 @@ def _comparison(cmp: dict, unit, tf: str, md: bool, head) -> list[str]:
     out = []
     head(f"Compared with {cmp['baseline']}")
     out.append(cmp["verdict"])
+    out += cmp.get("notes", [])
     rows = [[r["mark"], _num(r["before"], unit), _num(r["after"], unit),
              ("" if r["ratio"] is None else ("" if r["significant"] or r["mark"] == "" else "~")
               + f"{r['ratio']:.3f}"), r["job"], r["milestone"], r["note"]]

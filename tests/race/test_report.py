@@ -193,3 +193,42 @@ def test_an_interrupted_race_reports_what_it_has_and_what_is_queued(tmp_path, ca
     words = {w for j in doc["grid"]["jobs"] for c in j["cells"] for w in c["words"]}
     assert "queued" in words
     assert "queued" in render(doc, "terminal")
+
+
+def test_a_resumed_race_counts_each_session_on_its_own_cpus(tmp_path, catalog):
+    """A race interrupted after 4 s on 1 CPU and resumed for 6 s on 2 CPUs had 4 + 12 = 16
+    CPU-seconds of room; the footnote divided all the boots' wall by the last session's
+    elapsed time alone, or by the sum of elapsed times on the last shape."""
+    from race.report import _footnotes
+    from race.board import Board
+    res = fixed_results(tmp_path, catalog)
+    walls = sum(t["wall_s"] for t in res.timings if "wall_s" in t)
+    res.timings = [t for t in res.timings if "race_elapsed_s" not in t]
+    res.timings += [{"race_elapsed_s": 4.0, "executor": "ray", "cpus": 1, "interrupted": True},
+                    {"race_elapsed_s": 6.0, "executor": "ray", "cpus": 2}]
+    line = next(n for n in _footnotes(Board(res)) if n.startswith("wall time"))
+    assert "in 10.0 s elapsed over 2 sessions" in line
+    assert line.endswith(f"boots kept {walls / 16:.0%} of the CPUs busy")
+
+
+def test_an_engine_entry_s_cost_overrides_show_in_the_header(tmp_path, catalog):
+    text = SPEC.replace("  - engine: paravirt\n",
+                        "  - engine: paravirt\n    cost_overrides: {trap: 4000}\n", 1)
+    assert text != SPEC
+    doc = build(fixed_results(tmp_path, catalog, text=text))
+    costs = doc["header"]["matrix"]["costs"]
+    assert any("trap=4000" in c and "(paravirt" in c for c in costs), costs
+    assert "trap=4000" in render(doc, "terminal")
+
+
+def test_a_baseline_priced_by_another_version_of_a_cost_table_is_said(tmp_path, catalog):
+    base = fixed_results(tmp_path, catalog, "base")
+    new = fixed_results(tmp_path, catalog, "new")
+    same = build(new, base)["comparison"]
+    assert same["notes"] == []
+    base.manifest["cost_tables"] = {k: {**v, "digest": "1" * 16}
+                                    for k, v in base.manifest["cost_tables"].items()}
+    cmp = build(new, base)["comparison"]
+    assert cmp["notes"] == [f"note: cost table p4-xeon-2005 differs (digest {'1' * 16} on "
+                            f"the baseline, {'0' * 16} now): times are priced differently"]
+    assert cmp["notes"][0] in render(build(new, base), "terminal")
