@@ -19,6 +19,15 @@ REFERENCE_ENGINE = "native"      # bare hardware: the yardstick, not a contender
 POINT_AXES = ("profile", "vcpus", "memory_mib", "machine_memory_mib", "flush_filter")
 
 
+def point_namer(points: list[tuple]):
+    """A function point -> its name from the axes that vary among `points` ("1v", "2v"),
+    as the dashboard titles its leaderboards (and the live display its points); "all"
+    when there is one point."""
+    varying = [i for i, _ in enumerate(POINT_AXES) if len({p[i] for p in points}) > 1]
+    return lambda point: " ".join(AXIS_WORDS[POINT_AXES[i]](point[i])
+                                  for i in varying) or "all"
+
+
 @dataclass
 class Job:
     name: str
@@ -172,8 +181,7 @@ class Board:
         return round(us * mhz) if mhz else round(us)
 
     def point_name(self, point: tuple) -> str:
-        varying = [i for i, a in enumerate(POINT_AXES) if len({p[i] for p in self.points}) > 1]
-        return " ".join(AXIS_WORDS[POINT_AXES[i]](point[i]) for i in varying) or "all"
+        return point_namer(self.points)(point)
 
     # -- osstest grid ---------------------------------------------------------------------------
     def grid_cell(self, job: Job, i: int) -> dict:

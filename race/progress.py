@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from .board import POINT_AXES, REFERENCE_ENGINE
-from .results import AXIS_WORDS, costs_key, job_namer
+from .board import POINT_AXES, REFERENCE_ENGINE, point_namer
+from .results import costs_key, job_namer
 
 STATUS_WORD = {"ok": "done", "dnf": "DNF", "broken": "BROKEN"}
 
@@ -35,14 +35,6 @@ def fmt_time(us: float | None) -> str:
             v = us / scale
             return f"{v:.3g} {unit}" if abs(v) < 1000 else f"{v:.0f} {unit}"
     return "-"
-
-
-def point_namer(points: list[tuple]):
-    """A function point -> its name from the axes that vary among `points` ("1v", "2v"),
-    as the dashboard titles its leaderboards; "all" when there is one point."""
-    varying = [i for i, _ in enumerate(POINT_AXES) if len({p[i] for p in points}) > 1]
-    return lambda point: " ".join(AXIS_WORDS[POINT_AXES[i]](point[i])
-                                  for i in varying) or "all"
 
 
 @dataclass(frozen=True)
