@@ -169,6 +169,16 @@ def _header(b: Board) -> dict:
             "counts": dict(counts), "notes": m.get("notes", [])}
 
 
+def _fails_elsewhere(b: Board, label: str, point_name: str) -> str:
+    """' (DNF at 2v)' when the winner at this point failed a seed at another point (its
+    guest crashed or an audit failed): a design that wins on one VCPU and breaks an
+    invariant on two is not a plain win. A broken boot is the harness's, not the design's."""
+    where = sorted({b.point_name(j.point) for j in b.jobs.values()
+                    if j.label == label and b.point_name(j.point) != point_name
+                    and any(r["status"] == "dnf" for r in j.records.values())})
+    return f" (DNF at {', '.join(where)})" if where else ""
+
+
 def _verdict(b: Board, doc: dict) -> str:
     """The last milestone's winner per point first, then who won most milestones."""
     wins, total, parts = collections.Counter(), 0, []
@@ -186,7 +196,8 @@ def _verdict(b: Board, doc: dict) -> str:
             margin = f", {margin} over {last['runner_up']}" if last["runner_up"] else ""
             ref = _vs_reference(last, doc["unit_us"])
             ref = f", {ref} vs {last['reference']}" if ref else ""
-            parts.append(f"{last['milestone']}{where}: {last['winner']}{margin}{ref}")
+            parts.append(f"{last['milestone']}{where}: {last['winner']}"
+                         f"{_fails_elsewhere(b, last['winner'], section['point'])}{margin}{ref}")
         elif last["tie"]:
             parts.append(f"{last['milestone']}{where}: tie of {', '.join(last['tie'])}")
         else:

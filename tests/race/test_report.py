@@ -73,7 +73,9 @@ def test_the_ranking_uses_simulated_time_not_arrival_order(tmp_path, catalog):
 def test_the_verdict_names_the_winner_margin_and_failures(tmp_path, catalog):
     doc = build(fixed_results(tmp_path, catalog))
     assert doc["verdict"].startswith("race t-20050301-000000: ")
-    assert "multiuser tiny 1v: paravirt(shared), +" in doc["verdict"]
+    # shared wins on 1 VCPU but fails its audit on 2: the verdict says so beside the win
+    assert "multiuser tiny 1v: paravirt(shared) (DNF at buggy 2v, tiny 2v), +" in doc["verdict"]
+    assert "multiuser tiny 2v: paravirt(walk), " in doc["verdict"]     # walk: no DNF
     assert "vs native" in doc["verdict"]
     assert doc["verdict"].endswith("15 ok, 3 DNF, 6 broken, 1 retried")
 
