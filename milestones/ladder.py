@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
+from .yamlcheck import Checker, compose
 
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 LADDER_DIR = Path(__file__).with_name("ladders")
 # the guest events a milestone may be defined by (guestkit emits these), each with the data
@@ -102,8 +101,8 @@ def _resolve(name_or_path: str) -> Path:
 def load_ladder(name_or_path: str = "default") -> Ladder:
     """The ladder, or LadderError with one line per mistake, in line order."""
     path = _resolve(name_or_path)
-    doc, lines = _compose(path.read_text(), str(path))
-    ck = _Checker(str(path), lines)
+    doc, lines = compose(path.read_text(), str(path), LadderError)
+    ck = Checker(str(path), lines)
     if not isinstance(doc, dict):
         raise LadderError(f"{path}:1: the top level must be a mapping with keys "
                           f"{', '.join(TOP_KEYS)}")
@@ -123,7 +122,7 @@ def load_ladder(name_or_path: str = "default") -> Ladder:
     return Ladder(str(doc.get("name", path.stem)), tuple(out), str(path))
 
 
-def _milestone(ck: "_Checker", p: tuple, item: Any, seen: dict[str, int]) -> Milestone | None:
+def _milestone(ck: Checker, p: tuple, item: Any, seen: dict[str, int]) -> Milestone | None:
     if not isinstance(item, dict):
         ck.error(p, item, f"must be a mapping with keys {', '.join(MILESTONE_KEYS)}")
         return None
@@ -148,7 +147,7 @@ def _milestone(ck: "_Checker", p: tuple, item: Any, seen: dict[str, int]) -> Mil
     return Milestone(name, event, dict(item.get("match", {})), str(item.get("doc", "")))
 
 
-def _match(ck: "_Checker", p: tuple, event: str, match: dict) -> None:
+def _match(ck: Checker, p: tuple, event: str, match: dict) -> None:
     """Each key one the event carries, each value one the guest can emit."""
     carried = GUEST_EVENTS[event]
     for key, value in match.items():
@@ -165,71 +164,3 @@ def _match(ck: "_Checker", p: tuple, event: str, match: dict) -> None:
 
 
 # -- YAML with line numbers ---------------------------------------------------------------
-def _compose(text: str, filename: str) -> tuple[Any, dict[tuple, int]]:
-    """The document and the 1-based line of every key path, e.g. ('milestones', 2, 'match')."""
-    loader = _SAFE_LOADER(text)                    # libyaml's when present
-    try:
-        node = loader.get_single_node()
-        doc = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise LadderError(f"{filename}:{mark.line + 1 if mark else 1}: not valid YAML: "
-                          f"{problem}") from None
-    finally:
-        loader.dispose()
-    lines: dict[tuple, int] = {}
-
-    def walk(n, path):
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                lines[path + (k.value,)] = k.start_mark.line + 1
-                walk(v, path + (k.value,))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                walk(v, path + (i,))
-    if node is not None:
-        walk(node, ())
-    return doc, lines
-
-
-class _Checker:
-    """Collects one line per mistake: file:line: key: value ... (choices)."""
-
-    def __init__(self, filename: str, lines: dict[tuple, int]):
-        self.filename, self.lines = filename, lines
-        self.errors: list[tuple[int, str]] = []
-
-    def line(self, path: tuple) -> int:
-        while path and path not in self.lines:
-            path = path[:-1]
-        return self.lines.get(path, 1)
-
-    def _add(self, path: tuple, text: str) -> None:
-        self.errors.append((self.line(path), f"{self.filename}:{self.line(path)}: "
-                                             f"{_dotted(path)}: {text}"))
-
-    def error(self, path: tuple, value: Any, why: str) -> None:
-        self._add(path, f"value {value!r} {why}")
-
-    def choice(self, path: tuple, value: Any, choices: list) -> bool:
-        if isinstance(value, str) and value in choices:
-            return True
-        self.error(path, value, f"is not allowed (choices: {', '.join(choices)})")
-        return False
-
-    def unknown_keys(self, path: tuple, mapping: dict, allowed: tuple) -> None:
-        for key in mapping:
-            if key not in allowed:
-                self._add(path + (key,), f"unknown key (allowed: {', '.join(allowed)})")
-
-    def sorted(self) -> list[str]:
-        return [text for _, text in sorted(self.errors, key=lambda e: e[0])]
-
-
-def _dotted(path: tuple) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out

@@ -35,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import yaml
-
 from engines.api.contract import LOWMEM_MIB, MAX_VCPUS, DomainSpec
 from milestones import load_ladder
+from milestones.yamlcheck import Checker, compose, dotted
 
 SPEC_DIR = Path(__file__).with_name("specs")
 AXES = ("profile", "vcpus", "memory_mib", "machine_memory_mib", "flush_filter")
@@ -129,84 +128,6 @@ def load_spec(name_or_path: str | None, catalog: Catalog | None = None) -> Race:
 
 
 # -- YAML with line numbers ---------------------------------------------------------------
-def _compose(text: str, filename: str) -> tuple[Any, dict[tuple, int]]:
-    """The document and the 1-based line of every key path, e.g. ('engines', 1, 'options')."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        doc = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        raise SpecError([f"{filename}:{line}: not valid YAML: "
-                         f"{getattr(e, 'problem', None) or e}"]) from None
-    finally:
-        loader.dispose()
-    lines: dict[tuple, int] = {}
-
-    def walk(n, path):
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                lines[path + (k.value,)] = k.start_mark.line + 1
-                walk(v, path + (k.value,))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                walk(v, path + (i,))
-    if node is not None:
-        walk(node, ())
-    return doc, lines
-
-
-def _dotted(path: tuple) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-class _Checker:
-    """Collects one line per mistake: file:line: key: value ... (choices)."""
-
-    def __init__(self, filename: str, lines: dict[tuple, int]):
-        self.filename, self.lines = filename, lines
-        self.errors: list[tuple[int, str]] = []          # (line, message)
-
-    def line(self, path: tuple) -> int:
-        while path and path not in self.lines:
-            path = path[:-1]
-        return self.lines.get(path, 1)
-
-    def add(self, path: tuple, text: str) -> None:
-        line = self.line(path)
-        error = (line, f"{self.filename}:{line}: {_dotted(path)}: {text}")
-        if error not in self.errors:             # one cost table shared by several entries
-            self.errors.append(error)
-
-    def error(self, path: tuple, value: Any, why: str) -> None:
-        self.add(path, f"value {value!r} {why}")
-
-    def choice(self, path: tuple, value: Any, choices: Sequence, more: str = "") -> bool:
-        if any(type(value) is type(c) and value == c for c in choices):
-            return True
-        self.error(path, value, f"is not allowed (choices: "
-                                f"{', '.join(_show(c) for c in choices)}{more})")
-        return False
-
-    def unknown_keys(self, path: tuple, mapping: dict, allowed: Sequence) -> None:
-        for key in mapping:
-            if key not in allowed:
-                self.add(path + (key,), f"unknown key (allowed: {', '.join(allowed) or 'none'})")
-
-    def sorted(self) -> list[str]:
-        """The messages in line order (a stable sort: same line, order found)."""
-        return [text for _, text in sorted(self.errors, key=lambda e: e[0])]
-
-
-def _show(v: Any) -> str:
-    return "null" if v is None else ("true" if v is True else "false" if v is False else str(v))
-
-
 def _as_list(v: Any) -> list:
     return list(v) if isinstance(v, list) else [v]
 
@@ -217,8 +138,8 @@ def _is_int(v: Any) -> bool:
 
 # -- validation and expansion -------------------------------------------------------------
 def parse_spec(text: str, filename: str, catalog: Catalog) -> Race:
-    doc, lines = _compose(text, filename)
-    ck = _Checker(filename, lines)
+    doc, lines = compose(text, filename, SpecError)
+    ck = Checker(filename, lines)
     if not isinstance(doc, dict):
         raise SpecError([f"{filename}:1: the spec must be a mapping with keys "
                          f"{', '.join(TOP_KEYS)}"])
@@ -258,7 +179,7 @@ def parse_spec(text: str, filename: str, catalog: Catalog) -> Race:
     return race
 
 
-def _expand_entry(ck: _Checker, p: tuple, entry: Any, catalog: Catalog, race: Race,
+def _expand_entry(ck: Checker, p: tuple, entry: Any, catalog: Catalog, race: Race,
                   where: dict, *, matrix, costs, ladder, overrides, here) -> None:
     if isinstance(entry, str):
         entry = {"engine": entry}
@@ -309,7 +230,7 @@ def _expand_entry(ck: _Checker, p: tuple, entry: Any, catalog: Catalog, race: Ra
                     cost_overrides=tuple(sorted(overrides.items())), ladder=ladder)
                 key = cell.key()
                 if key in where:
-                    ck.error(p, engine, f"repeats cell {key} of {_dotted(where[key])} "
+                    ck.error(p, engine, f"repeats cell {key} of {dotted(where[key])} "
                                         f"(line {ck.line(where[key])})")
                     return
                 where[key] = p
@@ -317,7 +238,7 @@ def _expand_entry(ck: _Checker, p: tuple, entry: Any, catalog: Catalog, race: Ra
                 race.labels[key] = _label(engine, opts, label, len(option_sets) > 1)
 
 
-def _price(ck: _Checker, p: tuple, entry: dict, engine: str, catalog: Catalog, costs: str,
+def _price(ck: Checker, p: tuple, entry: dict, engine: str, catalog: Catalog, costs: str,
            overrides: dict[str, int]) -> None:
     """The cost table with the overrides prices every event the engine charges."""
     try:
@@ -330,10 +251,10 @@ def _price(ck: _Checker, p: tuple, entry: dict, engine: str, catalog: Catalog, c
         table.require(catalog.cost_events.get(engine, ()), f"engine {engine!r}")
     except ValueError as e:  # CostTableError: names the events missing
         ck.error(p + ("costs",) if "costs" in entry else ("costs",), costs,
-                 f"cannot price {_dotted(p)}: {e}")
+                 f"cannot price {dotted(p)}: {e}")
 
 
-def _domain(ck: _Checker, p: tuple, engine: str, module: Any, option_sets: list[tuple],
+def _domain(ck: Checker, p: tuple, engine: str, module: Any, option_sets: list[tuple],
             option_paths: dict[tuple, tuple], matrix: dict[str, list]) -> None:
     """What the engine refuses when it is built, refused here by the engine's own rules: a
     shadow pool smaller than `min_pool_pages(vcpus)`, machine memory outside
@@ -350,7 +271,7 @@ def _domain(ck: _Checker, p: tuple, engine: str, module: Any, option_sets: list[
                 if at not in done:
                     done.add(at)
                     ck.error(at, pool, f"is too small a shadow pool for vcpus {vcpus} "
-                                       f"({_dotted(vp)}) (choices: auto, or integers >= "
+                                       f"({dotted(vp)}) (choices: auto, or integers >= "
                                        f"{min_pool(vcpus)})")
                 continue
             if machine_range is None or machine is None or mp in done:
@@ -360,7 +281,7 @@ def _domain(ck: _Checker, p: tuple, engine: str, module: Any, option_sets: list[
             low, high = machine_range(domain)
             if not low <= machine <= high:
                 done.add(mp)
-                ck.error(mp, machine, f"is not a machine memory size {_dotted(p)} ({engine}) "
+                ck.error(mp, machine, f"is not a machine memory size {dotted(p)} ({engine}) "
                                       f"can boot with vcpus {vcpus} and memory_mib {mib} (null "
                                       f"for the engine's default, or MiB, integers "
                                       f"{low}..{high})")
@@ -375,7 +296,7 @@ def _label(engine: str, opts: tuple, label: str | None, several: bool) -> str:
     return f"{engine}({short})" if short else engine
 
 
-def _seeds(ck: _Checker, value: Any) -> list[int]:
+def _seeds(ck: Checker, value: Any) -> list[int]:
     seeds = _as_list(value)
     if not seeds:
         ck.error(("seeds",), value, "must list at least one seed (integers >= 0)")
@@ -403,7 +324,7 @@ AXIS_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _matrix(ck: _Checker, p: tuple, value: Any, catalog: Catalog,
+def _matrix(ck: Checker, p: tuple, value: Any, catalog: Catalog,
             top: bool = False) -> dict[str, list[tuple[Any, tuple]]]:
     """Axis -> its valid values, each with the key path it was written at."""
     if not isinstance(value, dict):
@@ -430,7 +351,7 @@ def _matrix(ck: _Checker, p: tuple, value: Any, catalog: Catalog,
     return out
 
 
-def _options(ck: _Checker, p: tuple, value: Any, module: Any,
+def _options(ck: Checker, p: tuple, value: Any, module: Any,
              where: dict[tuple, tuple]) -> list[tuple]:
     """Every combination of the options' values; `where` gets each (key, value)'s path."""
     allowed: Mapping[str, tuple] = getattr(module, "OPTIONS", {})
@@ -453,7 +374,7 @@ def _options(ck: _Checker, p: tuple, value: Any, module: Any,
     return [tuple(c) for c in itertools.product(*axes)]
 
 
-def _table(ck: _Checker, p: tuple, value: Any, packaged: Sequence[str], here: Path,
+def _table(ck: Checker, p: tuple, value: Any, packaged: Sequence[str], here: Path,
            what: str, load: Callable[[str], Any]) -> str | None:
     """A packaged name, or a .yaml path (relative to the spec's folder) that `load` accepts;
     its mistakes (each naming that file and line) are the spec's, at this key's line."""
@@ -476,7 +397,7 @@ def _table(ck: _Checker, p: tuple, value: Any, packaged: Sequence[str], here: Pa
     return None
 
 
-def _overrides(ck: _Checker, p: tuple, value: Any) -> dict[str, int]:
+def _overrides(ck: Checker, p: tuple, value: Any) -> dict[str, int]:
     if not isinstance(value, dict):
         ck.error(p, value, "must be a mapping of event: cycles")
         return {}
