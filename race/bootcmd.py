@@ -16,6 +16,8 @@ import sys
 
 from tabulate import tabulate
 
+from milestones.yamlcheck import show
+
 from .boot import CELL_ERRORS, ENGINES, BootCell, list_cost_tables, list_ladders, list_profiles, run_boot
 
 # counters shown per milestone (deltas); engine-specific ones appear when present
@@ -146,8 +148,14 @@ def cmd_list(args) -> int:
     rows = [("engines", ", ".join(ENGINES)), ("profiles", ", ".join(list_profiles())),
             ("ladders", ", ".join(list_ladders())), ("cost tables", ", ".join(list_cost_tables()))]
     for name, module in ENGINES.items():
+        defaults = getattr(module, "DEFAULTS", {})
         for k, v in getattr(module, "OPTIONS", {}).items():
-            rows.append((f"  {name} option {k}", " | ".join(map(str, v)) if isinstance(v, tuple) else str(v)))
+            # as a spec spells them (true/false), the default marked with *
+            shown = [show(c) + ("*" if k in defaults and c == defaults[k]
+                                and type(c) is type(defaults[k]) else "") for c in v] \
+                if isinstance(v, tuple) else [str(v)]
+            rows.append((f"  {name} option {k}", " | ".join(shown)))
+    rows.append(("", "* = the default"))
     print(tabulate(rows, tablefmt="plain"))
     return 0
 

@@ -237,3 +237,13 @@ def test_sarge_boots_to_multiuser_on_native_with_plausible_counters(capsys):
     assert 3 <= c["hw.cr3_loads"] / c["guest.execs"] <= 8
     assert c.get("guest.vmalloc_faults", 0) == 0
     assert c["guest.modules"] > 0 and c["guest.cow_copy"] > 0
+
+
+def test_list_spells_options_as_a_spec_does_and_marks_the_defaults(capsys):
+    status, out, _ = run(capsys, "list")
+    rows = dict((k.strip(), v.strip()) for k, _, v in
+                (line.partition("  ") for line in out.splitlines()))
+    assert rows["paravirt option ptwr"] == "true* | false"          # not True | False
+    assert rows["paravirt option strategy"].startswith("per-pagetable* | shared |")
+    assert rows["shadow option oos"] == "false* | true"
+    assert "* = the default" in out
