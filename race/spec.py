@@ -23,8 +23,9 @@ An option or axis given as a list is an axis of the race; a scalar is one value.
 mistake is reported, one line each in line order, naming file, line, key, value and the
 allowed choices (`SpecError`, exit status 2 at the CLI), including what a boot would refuse
 when it is built: the limits of `DomainSpec`, each engine's `machine_memory_range` and
-`min_pool_pages`, and ladder or cost-table files with mistakes of their own. An engine the spec names that is not installed
-yet is skipped with a note, so each engine joins the race the day it lands.
+`min_pool_pages`, ladder or cost-table files with mistakes of their own, and a VCPU count
+a ladder milestone's `vcpus` match can never match. An engine the spec names that is not
+installed yet is skipped with a note, so each engine joins the race the day it lands.
 """
 from __future__ import annotations
 
@@ -209,6 +210,8 @@ def _expand_entry(ck: Checker, p: tuple, entry: Any, catalog: Catalog, race: Rac
     if "ladder" in entry:
         ladder = _table(ck, p + ("ladder",), entry["ladder"], catalog.ladders, here, "ladder",
                         load_ladder)
+    if ladder is not None:
+        _reachable(ck, matrix, ladder)
     overrides = {**overrides, **_overrides(ck, p + ("cost_overrides",),
                                            entry.get("cost_overrides", {}))}
     if costs is not None:
@@ -395,6 +398,22 @@ def _table(ck: Checker, p: tuple, value: Any, packaged: Sequence[str], here: Pat
     if ck.choice(p, value, list(packaged), ", or a path to a .yaml file"):
         return value
     return None
+
+
+def _reachable(ck: Checker, matrix: dict, ladder: str) -> None:
+    """A milestone whose match wants a VCPU count other than the cell's can never be
+    reached (the guest emits smp_online with every VCPU it runs): each such boot would end
+    as a DNF, so the VCPU value is a mistake of the spec."""
+    try:
+        lad = load_ladder(ladder)
+    except ValueError:                   # its mistakes are reported where it is named
+        return
+    for v, vp in matrix["vcpus"]:
+        for m in lad.milestones:
+            if "vcpus" in m.match and m.match["vcpus"] != v:
+                ck.error(vp, v, f"can never reach milestone {m.name!r} of ladder "
+                                f"{lad.name!r} (its match wants vcpus: {m.match['vcpus']}): "
+                                f"every such boot would end as a DNF")
 
 
 def _overrides(ck: Checker, p: tuple, value: Any) -> dict[str, int]:

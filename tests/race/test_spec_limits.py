@@ -160,3 +160,23 @@ def test_a_cost_table_file_that_cannot_price_an_engine_is_refused(installed, tmp
         f"sh_fill needed by engine 'shadow'"]
     spec.write_text("costs: nofill.yaml\nengines: [native, paravirt]\n")
     assert len(parse_spec(spec.read_text(), str(spec), installed).cells) == 2
+
+
+def test_a_vcpu_count_the_ladder_can_never_match_is_refused(catalog, tmp_path):
+    """A ladder whose smp_online wants 2 VCPUs, raced on 1 and 2: every 1-VCPU boot would
+    end as a DNF (the guest emits smp_online with the VCPUs it runs)."""
+    (tmp_path / "two.yaml").write_text(
+        "name: two\nmilestones:\n  - {name: up, event: smp_online, match: {vcpus: 2}}\n"
+        "  - {name: init, event: exec, match: {path: /sbin/init}}\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text("ladder: two.yaml\nmatrix: {vcpus: [1, 2]}\nengines:\n  - native\n"
+                    "  - engine: paravirt\n    matrix: {vcpus: 4}\n")
+    with pytest.raises(SpecError) as e:
+        parse_spec(spec.read_text(), str(spec), catalog)
+    assert e.value.lines == [
+        f"{spec}:2: matrix.vcpus[0]: value 1 can never reach milestone 'up' of ladder 'two' "
+        f"(its match wants vcpus: 2): every such boot would end as a DNF",
+        f"{spec}:6: engines[1].matrix.vcpus: value 4 can never reach milestone 'up' of "
+        f"ladder 'two' (its match wants vcpus: 2): every such boot would end as a DNF"]
+    spec.write_text("ladder: two.yaml\nmatrix: {vcpus: 2}\nengines: [native]\n")
+    assert len(parse_spec(spec.read_text(), str(spec), catalog).cells) == 1
