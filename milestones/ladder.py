@@ -161,6 +161,3 @@ def _match(ck: Checker, p: tuple, event: str, match: dict) -> None:
         if not ok(value):
             ck.error(p + (key,), value, f"can never match event {event!r} (choices: "
                                         f"{choices})")
-
-
-# -- YAML with line numbers ---------------------------------------------------------------

@@ -70,9 +70,17 @@ class Checker:
 
     def add(self, path: tuple, text: str) -> None:
         line = self.line(path)
-        error = (line, f"{self.filename}:{line}: {dotted(path)}: {text}")
-        if error not in self.errors:             # e.g. one cost table shared by entries
-            self.errors.append(error)
+        self._put(line, f"{self.filename}:{line}: {dotted(path)}: {text}")
+
+    def foreign(self, path: tuple, texts: Sequence[str]) -> None:
+        """Mistakes of a file this one names at `path` (each names its own file and line),
+        placed in line order where it is named."""
+        for text in texts:
+            self._put(self.line(path), text)
+
+    def _put(self, line: int, text: str) -> None:
+        if (line, text) not in self.errors:      # e.g. one cost table shared by entries
+            self.errors.append((line, text))
 
     def error(self, path: tuple, value: Any, why: str) -> None:
         self.add(path, f"value {value!r} {why}")

@@ -81,14 +81,13 @@ def cell_from_args(args) -> BootCell:
         opts[k] = _parse_value(v)
     allowed = getattr(ENGINES[args.engine], "OPTIONS", {})
     for k, v in opts.items():
-        where = flag.get(k, "--option")
         if k not in allowed:
-            raise ValueError(f"{where}: engine {args.engine!r} has no option {k!r} "
-                             f"(options: {', '.join(allowed) or 'none'})")
+            raise ValueError(f"{flag.get(k, '--option')}: engine {args.engine!r} has no "
+                             f"option {k!r} (options: {', '.join(allowed) or 'none'})")
         choices = allowed[k]
         if isinstance(choices, tuple) and choices and v not in choices:
-            raise ValueError(f"{where if where != '--option' else '--option ' + k}: value "
-                             f"{v!r} not allowed (choices: {', '.join(map(str, choices))})")
+            raise ValueError(f"{flag.get(k, f'--option {k}')}: value {v!r} not allowed "
+                             f"(choices: {', '.join(map(str, choices))})")
     return BootCell(engine=args.engine, options=tuple(sorted(opts.items())),
                     profile=args.profile,
                     vcpus=prof.vcpus if args.vcpus is None else args.vcpus,

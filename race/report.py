@@ -267,9 +267,8 @@ def _footnotes(b: Board) -> list[str]:
             line += (f" in {elapsed:.1f} s elapsed{sessions}"
                      + (f" (+{startup:.1f} s to start {shape.get('executor')})" if startup >= 0.05
                         else "")
-                     + (f"; boots kept {sum(walls) / capacity:.0%} of the CPUs busy"
-                        if sessions else
-                        f"; boots kept {sum(walls) / capacity:.0%} of {cpus} CPU(s) busy"))
+                     + f"; boots kept {sum(walls) / capacity:.0%} of "
+                       + ("the CPUs" if sessions else f"{cpus} CPU(s)") + " busy")
         notes.append(line)
     lost = sum(1 for t in b.results.timings if t.get("lost"))
     retried = sum(1 for t in b.results.timings if t.get("retried"))

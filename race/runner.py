@@ -119,9 +119,12 @@ def broken_result(key: str, reason: str, stamps: list | None = None) -> dict:
 def lost_reason(err: BaseException) -> str:
     """A lost boot's reason: the error's type and the first line of what it says (for a
     RayTaskError, of its cause: a worker that died, a module a worker could not import)."""
-    cause = getattr(err, "cause", None) or err
-    first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), "")
+    first = _first_line(getattr(err, "cause", None) or err)
     return f"lost: {type(err).__name__} (retries exhausted)" + (f": {first[:200]}" if first else "")
+
+
+def _first_line(err: BaseException) -> str:
+    return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
 
 
 def _describe(e: BaseException) -> str:
@@ -254,9 +257,9 @@ class RayExecutor:
         try:
             ray.init(address=self.address, log_to_driver=False, runtime_env=runtime_env,
                      logging_level=logging.WARNING)
-        except (ConnectionError, ValueError) as e:   # no local cluster for "auto", a bad
-            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
-            raise ExecutorError(f"cannot attach to Ray at {self.address}: {first}") from None
+        except (ConnectionError, ValueError) as e:   # e.g. "auto" with no local cluster
+            raise ExecutorError(f"cannot attach to Ray at {self.address}: "
+                                f"{_first_line(e)}") from None
 
     def _start_local(self, ray) -> None:
         """Embedded Ray: 127.0.0.1 only, no dashboard, quiet, small object store, its own

@@ -128,7 +128,7 @@ def load_spec(name_or_path: str | None, catalog: Catalog | None = None) -> Race:
     return parse_spec(path.read_text(), str(path), catalog or Catalog.installed())
 
 
-# -- YAML with line numbers ---------------------------------------------------------------
+# -- small helpers -------------------------------------------------------------------------
 def _as_list(v: Any) -> list:
     return list(v) if isinstance(v, list) else [v]
 
@@ -389,10 +389,7 @@ def _table(ck: Checker, p: tuple, value: Any, packaged: Sequence[str], here: Pat
         try:
             load(str(path))
         except ValueError as e:              # LadderError, CostTableError
-            line = ck.line(p)
-            for text in getattr(e, "lines", str(e).splitlines()):
-                if (line, text) not in ck.errors:
-                    ck.errors.append((line, text))
+            ck.foreign(p, getattr(e, "lines", str(e).splitlines()))
             return None
         return str(path)
     if ck.choice(p, value, list(packaged), ", or a path to a .yaml file"):

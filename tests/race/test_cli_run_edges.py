@@ -23,6 +23,14 @@ engines: [native]
 """
 
 
+def _finished_race(tmp_path):
+    """A small race run serially to the end: (its spec, its results root)."""
+    spec, out = write_spec(tmp_path, SMALL), tmp_path / "res"
+    assert cli.main(["run", str(spec), "--executor", "serial", "--out", str(out),
+                     "--quiet"]) == 0
+    return spec, out
+
+
 def _closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -91,10 +99,7 @@ def test_cpus_that_make_no_sense_are_a_mistake(tmp_path, fake_installed, capsys,
 
 def test_resuming_a_finished_race_starts_no_executor(tmp_path, fake_installed, capsys,
                                                      monkeypatch):
-    spec = write_spec(tmp_path, SMALL)
-    out = tmp_path / "res"
-    assert cli.main(["run", str(spec), "--executor", "serial", "--out", str(out),
-                     "--quiet"]) == 0
+    spec, out = _finished_race(tmp_path)
     before = (load_results(out).dir / "timings.jsonl").read_text()
     capsys.readouterr()
 
@@ -152,10 +157,7 @@ def test_ctrl_c_while_the_executor_starts_records_nothing(tmp_path, fake_install
 def test_a_plot_that_cannot_be_written_fails_the_report(tmp_path, fake_installed, capsys,
                                                         monkeypatch):
     from race import plot
-    spec = write_spec(tmp_path, SMALL)
-    out = tmp_path / "res"
-    assert cli.main(["run", str(spec), "--executor", "serial", "--out", str(out),
-                     "--quiet"]) == 0
+    spec, out = _finished_race(tmp_path)
 
     def missing(results, path):
         raise plot.PlotUnavailable("the timeline needs matplotlib: pip install matplotlib")

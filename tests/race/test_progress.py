@@ -14,16 +14,8 @@ from race.progress import LiveProgress, PlainProgress, Standing, Tally
 from race.results import ResultStore, load_results
 from race.runner import SerialExecutor, run_race
 from race.spec import load_spec
+from test_cli import SMALL   # (its shadow entry is skipped: not in the fake catalog)
 
-SMALL = """\
-name: small
-seeds: [1, 2]
-matrix: {profile: tiny, vcpus: [1, 2]}
-engines:
-  - engine: native
-  - engine: paravirt
-    options: {strategy: [shared, walk]}
-"""
 SUMMARY = re.compile(r"queued (\d+) · running (\d+) · done (\d+) · DNF (\d+) · broken (\d+) "
                      r"· retried \d+ · (\d+)/(\d+)")
 
